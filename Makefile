@@ -1,0 +1,40 @@
+# ptcombiner: the two commands a new user needs are `make demo` and `make test`.
+GO      ?= go
+BIN     ?= bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/ptcombiner/ptcombiner/internal/runner.Version=$(VERSION)
+# How long each fuzz target runs in `make fuzz` (the seed corpora always run in `make test`).
+FUZZTIME ?= 30s
+
+.PHONY: all build demo test test-short fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/... ./test/testpt
+
+# A local chain end to end: obfs4proxy when installed, else the project's test PT.
+demo: build
+	$(GO) run ./test/demo -bin $(BIN)
+
+# Every test, with the race detector: unit tests, fuzz seed corpora, integration
+# tests against real obfs4proxy, and end-to-end tests with real tor.
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 40m ./...
+
+test-short:
+	$(GO) test -race -short -count=1 ./...
+
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./test/
+
+clean:
+	rm -rf $(BIN)

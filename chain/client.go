@@ -1,0 +1,534 @@
+package chain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ptcombiner/ptcombiner/metadata"
+	"github.com/ptcombiner/ptcombiner/ptproc"
+	"github.com/ptcombiner/ptcombiner/shim"
+)
+
+// Defaults for ClientOptions' zero values.
+const (
+	DefaultSetupTimeout = 60 * time.Second
+	DefaultStartTimeout = 30 * time.Second
+	DefaultLinger       = 10 * time.Second
+	minRestartInterval  = time.Second
+	shimListenAddr      = "127.0.0.1:0"
+)
+
+// ClientOptions configure a Client. The zero value of every field but
+// Config and StateDir has a documented default.
+type ClientOptions struct {
+	Config   *Config
+	StateDir string // each child gets StateDir/<program>-<n>/
+	// ProxyURL is tor's TOR_PT_PROXY; it is given to the programs that serve
+	// the outermost hop of a chain, and only to them.
+	ProxyURL string
+	Logger   *slog.Logger // nil: slog.Default()
+	// SetupTimeout bounds a whole chained connection's setup: every SOCKS
+	// handshake and every shim's accept. 0: DefaultSetupTimeout.
+	SetupTimeout time.Duration
+	// StartTimeout bounds a child's start, up to its CMETHODS DONE.
+	StartTimeout time.Duration
+	// Linger bounds how long inner hops may drain after the application's
+	// side of a connection has closed. 0: DefaultLinger.
+	Linger time.Duration
+	// OnChildLog, when set, receives every child's LOG lines (sanitised).
+	OnChildLog func(program, severity, message string)
+}
+
+// Client runs chains on the client side. Its methods are safe for
+// concurrent use.
+type Client struct {
+	opt ClientOptions
+	log *slog.Logger
+
+	ctx    context.Context // ends every connection when cancelled
+	cancel context.CancelFunc
+	conns  sync.WaitGroup // every goroutine of every chained connection
+
+	mu     sync.Mutex
+	procs  map[procKey]*procSlot
+	closed bool
+}
+
+// procKey names one child: a program, and whether it is the instance that
+// carries the upstream proxy (outermost hops only).
+type procKey struct {
+	plugin int
+	outer  bool
+}
+
+type procSlot struct {
+	key      procKey
+	plugin   Plugin
+	methods  []string
+	proc     *ptproc.Process
+	err      error
+	started  time.Time
+	launches int
+}
+
+// NewClient returns a Client; no child runs until Start or Dial.
+func NewClient(opt ClientOptions) *Client {
+	if opt.Config == nil {
+		opt.Config = &Config{}
+	}
+	if opt.SetupTimeout <= 0 {
+		opt.SetupTimeout = DefaultSetupTimeout
+	}
+	if opt.StartTimeout <= 0 {
+		opt.StartTimeout = DefaultStartTimeout
+	}
+	if opt.Linger <= 0 {
+		opt.Linger = DefaultLinger
+	}
+	log := opt.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Client{opt: opt, log: log, ctx: ctx, cancel: cancel, procs: map[procKey]*procSlot{}}
+}
+
+// hopKey returns the child that serves position i of ch.
+func (c *Client) hopKey(ch Chain, i int) (procKey, error) {
+	for idx, p := range c.opt.Config.Plugins {
+		for _, m := range p.Methods {
+			if m == ch.Hops[i] {
+				return procKey{plugin: idx, outer: c.opt.ProxyURL != "" && i == len(ch.Hops)-1}, nil
+			}
+		}
+	}
+	return procKey{}, fmt.Errorf("method %q is offered by no program", ch.Hops[i])
+}
+
+// Start launches, in parallel, every program the named chains need, each
+// once, with every method name they need from it. It returns, per name, nil
+// when the chain is ready, or why it cannot start. Names that are no alias
+// nor method are left out of the result: tor asks for every transport of
+// the torrc line, and unknown ones are ignored silently (pt-spec 3.2.2).
+func (c *Client) Start(ctx context.Context, names []string) map[string]error {
+	result := map[string]error{}
+	need := map[procKey]map[string]bool{}
+	chains := map[string]Chain{}
+	for _, name := range names {
+		ch, ok := c.opt.Config.Lookup(name)
+		if !ok {
+			continue
+		}
+		chains[name] = ch
+		for i := range ch.Hops {
+			key, err := c.hopKey(ch, i)
+			if err != nil {
+				result[name] = err
+				break
+			}
+			if need[key] == nil {
+				need[key] = map[string]bool{}
+			}
+			need[key][ch.Hops[i]] = true
+		}
+	}
+	c.mu.Lock()
+	for key, methods := range need {
+		slot := c.procs[key]
+		if slot == nil {
+			slot = &procSlot{key: key, plugin: c.opt.Config.Plugins[key.plugin]}
+			c.procs[key] = slot
+		}
+		for _, m := range slot.plugin.Methods { // keep the torrc line's order
+			if methods[m] && !contains(slot.methods, m) {
+				slot.methods = append(slot.methods, m)
+			}
+		}
+	}
+	c.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for key := range need {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.process(ctx, key) // records its own error in the slot
+		}()
+	}
+	wg.Wait()
+
+	for name, ch := range chains {
+		if result[name] != nil {
+			continue
+		}
+		for i := range ch.Hops {
+			if _, err := c.endpoint(ctx, ch, i, false); err != nil {
+				result[name] = err
+				break
+			}
+		}
+		if _, done := result[name]; !done {
+			result[name] = nil
+		}
+	}
+	return result
+}
+
+// process returns the running child for key, launching it when it has not
+// run yet or has exited (no more often than once a second).
+func (c *Client) process(ctx context.Context, key procKey) (*ptproc.Process, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, errors.New("client is closed")
+	}
+	slot := c.procs[key]
+	if slot == nil {
+		return nil, fmt.Errorf("no program was started for this chain")
+	}
+	if slot.proc != nil {
+		select {
+		case <-slot.proc.Done():
+			c.log.Warn("PT program exited; restarting it", "program", slot.plugin.Path, "pid", slot.proc.Pid(), "err", slot.proc.ExitErr())
+			slot.proc = nil
+			slot.err = nil
+		default:
+			return slot.proc, nil
+		}
+	}
+	if slot.err != nil && time.Since(slot.started) < minRestartInterval {
+		return nil, slot.err
+	}
+	slot.started = time.Now()
+	slot.launches++
+	name := filepath.Base(slot.plugin.Path)
+	dir := filepath.Join(c.opt.StateDir, name+"-"+strconv.Itoa(key.plugin))
+	spec := ptproc.Spec{
+		Name:         name,
+		Path:         slot.plugin.Path,
+		Args:         slot.plugin.Args,
+		Role:         ptproc.Client,
+		Methods:      slot.methods,
+		StateDir:     dir,
+		StartTimeout: c.opt.StartTimeout,
+		Logger:       c.log,
+	}
+	if key.outer {
+		spec.ProxyURL = c.opt.ProxyURL
+		spec.StateDir = dir + "-proxied"
+	}
+	if c.opt.OnChildLog != nil {
+		spec.OnLog = func(sev, msg string) { c.opt.OnChildLog(name, sev, msg) }
+	}
+	p, err := ptproc.Start(ctx, spec)
+	if err != nil {
+		slot.err = fmt.Errorf("%s: %w", slot.plugin.Path, err)
+		return nil, slot.err
+	}
+	c.log.Info("PT program started", "program", slot.plugin.Path, "pid", p.Pid(), "methods", slot.methods)
+	slot.proc, slot.err = p, nil
+	return p, nil
+}
+
+// endpoint returns the SOCKS address of the method serving hop i of ch.
+func (c *Client) endpoint(ctx context.Context, ch Chain, i int, launch bool) (*net.TCPAddr, error) {
+	key, err := c.hopKey(ch, i)
+	if err != nil {
+		return nil, err
+	}
+	var p *ptproc.Process
+	if launch {
+		p, err = c.process(ctx, key)
+	} else {
+		c.mu.Lock()
+		slot := c.procs[key]
+		if slot != nil {
+			p, err = slot.proc, slot.err
+		}
+		c.mu.Unlock()
+		if p == nil && err == nil {
+			err = errors.New("the program did not start")
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	m, ok := p.Methods()[ch.Hops[i]]
+	if !ok {
+		why := "the program does not offer it"
+		if e, ok := p.MethodErrors()[ch.Hops[i]]; ok {
+			why = "the program says: " + e
+		}
+		return nil, fmt.Errorf("method %q: %s", ch.Hops[i], why)
+	}
+	if m.Protocol != "socks5" {
+		return nil, fmt.Errorf("method %q speaks %s; only socks5 is supported", ch.Hops[i], m.Protocol)
+	}
+	return m.Addr, nil
+}
+
+// HopError says which hop of a chain failed, and why.
+type HopError struct {
+	Alias  string
+	Hop    int    // 0 is innermost; -1 when no hop is to blame (bad arguments)
+	Method string // the hop's method
+	Err    error
+}
+
+func (e *HopError) Error() string {
+	if e.Hop < 0 {
+		return fmt.Sprintf("chain %s: %v", e.Alias, e.Err)
+	}
+	return fmt.Sprintf("chain %s: hop %d (%s): %v", e.Alias, e.Hop, e.Method, e.Err)
+}
+
+func (e *HopError) Unwrap() error { return e.Err }
+
+// ReplyCode is the SOCKS5 reply that tells the application what failed.
+func (e *HopError) ReplyCode() byte { return shim.ReplyCodeFor(e.Err) }
+
+// Conn is an established chained connection: its *net.TCPConn is the
+// connection to the innermost PT, whose SOCKS request was granted. Close it
+// (after use or after shim.Pipe) to release the chain's shims.
+type Conn struct {
+	*net.TCPConn
+	release func()
+	once    sync.Once
+}
+
+// Close closes the connection to the innermost PT and lets the inner hops
+// drain for at most the Client's Linger before they are closed.
+func (c *Conn) Close() error {
+	err := c.TCPConn.Close()
+	c.once.Do(c.release)
+	return err
+}
+
+// hopResult is what a shim reports once its hop is set up or has failed.
+type hopResult struct {
+	hop int
+	err error
+}
+
+// Dial sets up one connection through the chain named name to target (the
+// bridge), with args in tor's per-connection form (N.key for hop N only).
+func (c *Client) Dial(ctx context.Context, name, target string, args metadata.Args) (*Conn, error) {
+	ch, ok := c.opt.Config.Lookup(name)
+	if !ok {
+		return nil, &HopError{Alias: name, Hop: -1, Err: errors.New("no such chain")}
+	}
+	n := len(ch.Hops)
+	perHop, err := metadata.SplitHops(args, n)
+	if err != nil {
+		return nil, &HopError{Alias: name, Hop: -1, Err: err}
+	}
+	type hop struct {
+		addr       *net.TCPAddr
+		user, pass []byte
+	}
+	hops := make([]hop, n)
+	for i := range hops {
+		addr, err := c.endpoint(ctx, ch, i, true)
+		if err != nil {
+			return nil, &HopError{Alias: name, Hop: i, Method: ch.Hops[i], Err: err}
+		}
+		user, pass, err := metadata.SOCKS5Credentials(metadata.EncodeClientArgs(perHop[i]))
+		if err != nil {
+			return nil, &HopError{Alias: name, Hop: i, Method: ch.Hops[i], Err: err}
+		}
+		hops[i] = hop{addr, user, pass}
+	}
+
+	// The connection's lifetime: cancelled by Conn.Close after the linger,
+	// by a failed setup, or by Client.Close.
+	life, endLife := context.WithCancel(c.ctx)
+	setup, endSetup := context.WithTimeout(life, c.opt.SetupTimeout)
+	if err := c.enter(); err != nil {
+		endSetup()
+		endLife()
+		return nil, &HopError{Alias: name, Hop: -1, Err: err}
+	}
+	var group sync.WaitGroup
+	fail := func() {
+		endSetup()
+		endLife()
+		group.Wait()
+		c.conns.Done()
+	}
+
+	// Shims in reverse order: shim i forwards what hop i-1 sends it into hop i.
+	shims := make([]*shim.OneUse, n)
+	for i := n - 1; i >= 1; i-- {
+		l, err := shim.ListenOnce(shimListenAddr)
+		if err != nil {
+			for _, s := range shims[i+1:] {
+				s.Close()
+			}
+			fail()
+			return nil, &HopError{Alias: name, Hop: i, Method: ch.Hops[i], Err: fmt.Errorf("shim listener: %w", err)}
+		}
+		shims[i] = l
+	}
+	results := make(chan hopResult, n)
+	for i := 1; i < n; i++ {
+		next := target
+		if i < n-1 {
+			next = shims[i+1].Addr().String()
+		}
+		group.Add(1)
+		go func() {
+			defer group.Done()
+			c.runShim(setup, life, shims[i], i, hops[i].addr.String(), next, hops[i].user, hops[i].pass, results)
+		}()
+	}
+	first := target
+	if n > 1 {
+		first = shims[1].Addr().String()
+	}
+	conn0, err := shim.DialSOCKS5(setup, hops[0].addr.String(), first, hops[0].user, hops[0].pass)
+	if err != nil {
+		rootHop, rootErr := 0, err
+		// The deepest hop that failed is the cause; the hops inside it fail
+		// as a consequence. Shims report as soon as their hop answers, so
+		// give them a moment before the rest is torn down.
+		grace := time.NewTimer(250 * time.Millisecond)
+	collect:
+		for got := 0; got < n-1; got++ {
+			select {
+			case r := <-results:
+				if r.err != nil && r.hop > rootHop {
+					rootHop, rootErr = r.hop, r.err
+				}
+			case <-grace.C:
+				break collect
+			}
+		}
+		grace.Stop()
+		endSetup()
+		endLife()
+		for _, s := range shims[1:] {
+			s.Close()
+		}
+		group.Wait()
+		if rootHop == 0 && errors.Is(err, context.DeadlineExceeded) {
+			rootErr = fmt.Errorf("no SOCKS reply within %v: %w", c.opt.SetupTimeout, err)
+		}
+		c.conns.Done()
+		return nil, &HopError{Alias: name, Hop: rootHop, Method: ch.Hops[rootHop], Err: rootErr}
+	}
+	release := func() {
+		go func() {
+			t := time.AfterFunc(c.opt.Linger, endLife)
+			group.Wait()
+			t.Stop()
+			endSetup()
+			endLife()
+			c.conns.Done()
+		}()
+	}
+	return &Conn{TCPConn: conn0, release: release}, nil
+}
+
+// runShim is shim i: it accepts hop i-1's one connection, asks hop i (at
+// proxy) to connect to next, reports the outcome, and then pipes.
+func (c *Client) runShim(setup, life context.Context, l *shim.OneUse, i int, proxy, next string, user, pass []byte, results chan<- hopResult) {
+	in, err := l.Accept(setup)
+	if err != nil {
+		if setup.Err() == nil || errors.Is(setup.Err(), context.DeadlineExceeded) {
+			results <- hopResult{i - 1, fmt.Errorf("did not connect to the next hop: %w", err)}
+		} else {
+			results <- hopResult{i, nil}
+		}
+		return
+	}
+	out, err := shim.DialSOCKS5(setup, proxy, next, user, pass)
+	if err != nil {
+		in.Close()
+		if setup.Err() != nil && !errors.Is(setup.Err(), context.DeadlineExceeded) {
+			err = nil // cancelled because another hop failed first
+		}
+		results <- hopResult{i, err}
+		return
+	}
+	results <- hopResult{i, nil}
+	shim.Pipe(life, in, out)
+}
+
+// enter registers a connection unless the client is closed.
+func (c *Client) enter() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errors.New("client is closed")
+	}
+	c.conns.Add(1)
+	return nil
+}
+
+// Close ends every chained connection and every child, and waits for them.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	procs := c.procs
+	c.mu.Unlock()
+	c.cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(procs))
+	for _, slot := range procs {
+		if slot.proc == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := slot.proc.Close(); err != nil {
+				errs <- fmt.Errorf("%s: %w", slot.plugin.Path, err)
+			}
+		}()
+	}
+	wg.Wait()
+	c.conns.Wait()
+	close(errs)
+	var all []error
+	for e := range errs {
+		all = append(all, e)
+	}
+	return errors.Join(all...)
+}
+
+// Processes returns the pids of the running children (for tests and stats).
+func (c *Client) Processes() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var pids []int
+	for _, slot := range c.procs {
+		if slot.proc != nil {
+			pids = append(pids, slot.proc.Pid())
+		}
+	}
+	return pids
+}
+
+func contains(s []string, x string) bool {
+	for _, v := range s {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+// MakeStateDir creates dir (0700) when it does not exist.
+func MakeStateDir(dir string) error { return os.MkdirAll(dir, 0o700) }

@@ -1,0 +1,343 @@
+package chain
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/ptcombiner/ptcombiner/metadata"
+)
+
+// Role says which side of a chain a configuration is for. A config file may
+// hold both sides' lines; each side reads its own and skips the other's.
+type Role int
+
+const (
+	// ClientRole reads ClientTransportPlugin lines.
+	ClientRole Role = iota + 1
+	// ServerRole reads ServerTransportPlugin and ServerTransportOptions lines.
+	ServerRole
+)
+
+// Plugin is one PT program and the method names it offers.
+type Plugin struct {
+	Methods []string // method names, as in the torrc line
+	Path    string   // the program
+	Args    []string // its command-line arguments
+	Source  string   // where it was defined, for error messages
+}
+
+// Chain is a named sequence of methods, innermost first: the application's
+// bytes enter Hops[0]; Hops[len-1] is what the network sees.
+type Chain struct {
+	Alias  string
+	Hops   []string
+	Source string
+}
+
+// String renders the chain in its own syntax, "a|b|c".
+func (c Chain) String() string { return strings.Join(c.Hops, "|") }
+
+// Config is what the command line and the config file define. Its zero
+// value is an empty, valid configuration.
+type Config struct {
+	Plugins []Plugin
+	Chains  []Chain
+	// ServerOptions are ServerTransportOptions lines, by alias, with their
+	// N.key hop prefixes still on (server side only).
+	ServerOptions map[string]metadata.Args
+}
+
+// IsIdentifier reports whether s is a C identifier, [a-zA-Z_][a-zA-Z0-9_]*,
+// the only names tor accepts for transports (transports.c).
+func IsIdentifier(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '_', 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case '0' <= c && c <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// ParseChain parses "a|b|c" (innermost first) into its method names.
+func ParseChain(s string) ([]string, error) {
+	if s == "" {
+		return nil, errors.New("empty chain")
+	}
+	hops := strings.Split(s, "|")
+	for i, h := range hops {
+		if !IsIdentifier(h) {
+			return nil, fmt.Errorf("chain %q: hop %d %q is not a method name ([a-zA-Z_][a-zA-Z0-9_]*)", s, i, h)
+		}
+	}
+	return hops, nil
+}
+
+// AddPluginFlag adds a --plugin NAMES=PATH definition. PATH may not carry
+// arguments (tor splits the torrc line on spaces); use the config file for
+// programs that need them.
+func (c *Config) AddPluginFlag(s string) error {
+	names, path, ok := strings.Cut(s, "=")
+	if !ok || names == "" || path == "" {
+		return fmt.Errorf("--plugin %q: want NAMES=PATH, as in obfs3,obfs4=/usr/bin/obfs4proxy", s)
+	}
+	return c.addPlugin(names, path, nil, "--plugin "+s)
+}
+
+// AddChainFlag adds a --chain ALIAS=CHAIN definition.
+func (c *Config) AddChainFlag(s string) error {
+	alias, spec, ok := strings.Cut(s, "=")
+	if !ok {
+		return fmt.Errorf("--chain %q: want ALIAS=CHAIN, as in obfs3_obfs4='obfs3|obfs4'", s)
+	}
+	return c.addChain(alias, spec, "--chain "+s)
+}
+
+func (c *Config) addPlugin(names, path string, args []string, source string) error {
+	var methods []string
+	for _, m := range strings.Split(names, ",") {
+		if !IsIdentifier(m) {
+			return fmt.Errorf("%s: method name %q is not a C identifier ([a-zA-Z_][a-zA-Z0-9_]*)", source, m)
+		}
+		methods = append(methods, m)
+	}
+	if !filepath.IsAbs(path) && !strings.Contains(path, "/") {
+		// A bare program name is looked up in PATH now, so a typo is
+		// reported at once and clearly.
+		if p, err := lookPath(path); err == nil {
+			path = p
+		}
+	}
+	c.Plugins = append(c.Plugins, Plugin{Methods: methods, Path: path, Args: args, Source: source})
+	return nil
+}
+
+func (c *Config) addChain(alias, spec, source string) error {
+	if !IsIdentifier(alias) {
+		return fmt.Errorf("%s: alias %q is not a C identifier ([a-zA-Z_][a-zA-Z0-9_]*), which is all tor accepts as a transport name", source, alias)
+	}
+	hops, err := ParseChain(spec)
+	if err != nil {
+		return fmt.Errorf("%s: %w", source, err)
+	}
+	c.Chains = append(c.Chains, Chain{Alias: alias, Hops: hops, Source: source})
+	return nil
+}
+
+// ParseFile reads a torrc-like config file for role. Each line is split
+// shell-style; '#' starts a comment. Directives:
+//
+//	ClientTransportPlugin NAMES exec PATH [ARGS...]
+//	ServerTransportPlugin NAMES exec PATH [ARGS...]
+//	Alias ALIAS CHAIN
+//	ServerTransportOptions ALIAS K=V [K=V...]
+//
+// The other role's plugin and option lines are accepted and skipped.
+func ParseFile(path string, role Role) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	return Parse(f, path, role)
+}
+
+// Parse is ParseFile on a reader; name labels error messages.
+func Parse(r io.Reader, name string, role Role) (*Config, error) {
+	c := &Config{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 64*1024)
+	for n := 1; sc.Scan(); n++ {
+		src := fmt.Sprintf("%s:%d", name, n)
+		words, err := SplitWords(sc.Text())
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", src, err)
+		}
+		if len(words) == 0 {
+			continue
+		}
+		if err := c.parseDirective(words, role, src); err != nil {
+			return nil, err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return c, nil
+}
+
+func (c *Config) parseDirective(words []string, role Role, src string) error {
+	switch strings.ToLower(words[0]) {
+	case "clienttransportplugin", "servertransportplugin":
+		mine := (role == ClientRole) == strings.EqualFold(words[0], "ClientTransportPlugin")
+		if len(words) < 4 || !strings.EqualFold(words[2], "exec") {
+			return fmt.Errorf("%s: want %s NAMES exec PATH [ARGS...]", src, words[0])
+		}
+		if !mine {
+			return nil
+		}
+		return c.addPlugin(words[1], words[3], words[4:], src)
+	case "alias":
+		if len(words) != 3 {
+			return fmt.Errorf("%s: want Alias ALIAS CHAIN, as in Alias obfs3_obfs4 obfs3|obfs4", src)
+		}
+		return c.addChain(words[1], words[2], src)
+	case "servertransportoptions":
+		if len(words) < 3 {
+			return fmt.Errorf("%s: want ServerTransportOptions ALIAS K=V [K=V...]", src)
+		}
+		if role != ServerRole {
+			return nil
+		}
+		if !IsIdentifier(words[1]) {
+			return fmt.Errorf("%s: %q is not a transport name", src, words[1])
+		}
+		for _, kv := range words[2:] {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				return fmt.Errorf("%s: option %q is not K=V", src, kv)
+			}
+			if c.ServerOptions == nil {
+				c.ServerOptions = make(map[string]metadata.Args)
+			}
+			if c.ServerOptions[words[1]] == nil {
+				c.ServerOptions[words[1]] = make(metadata.Args)
+			}
+			c.ServerOptions[words[1]].Add(k, v)
+		}
+		return nil
+	default:
+		return fmt.Errorf("%s: unknown directive %q (want ClientTransportPlugin, ServerTransportPlugin, Alias or ServerTransportOptions)", src, words[0])
+	}
+}
+
+// Merge adds o's definitions to c. Conflicts are reported by Validate.
+func (c *Config) Merge(o *Config) {
+	c.Plugins = append(c.Plugins, o.Plugins...)
+	c.Chains = append(c.Chains, o.Chains...)
+	for alias, args := range o.ServerOptions {
+		if c.ServerOptions == nil {
+			c.ServerOptions = make(map[string]metadata.Args)
+		}
+		if c.ServerOptions[alias] == nil {
+			c.ServerOptions[alias] = make(metadata.Args)
+		}
+		for k, vs := range args {
+			c.ServerOptions[alias][k] = append(c.ServerOptions[alias][k], vs...)
+		}
+	}
+}
+
+// Validate checks that no method is offered by two programs and that no
+// alias is defined twice with different chains; it reports every problem at
+// once. A chain whose methods no program offers is not a configuration
+// error: it fails on its own when tor asks for it (CheckChain).
+func (c *Config) Validate() error {
+	var errs []error
+	owner := map[string]Plugin{}
+	for _, p := range c.Plugins {
+		for _, m := range p.Methods {
+			if o, dup := owner[m]; dup && (o.Path != p.Path || !equal(o.Args, p.Args)) {
+				errs = append(errs, fmt.Errorf("method %q is offered by two programs: %s (%s) and %s (%s)", m, o.Path, o.Source, p.Path, p.Source))
+				continue
+			}
+			owner[m] = p
+		}
+	}
+	seen := map[string]Chain{}
+	for _, ch := range c.Chains {
+		if o, dup := seen[ch.Alias]; dup && o.String() != ch.String() {
+			errs = append(errs, fmt.Errorf("alias %q is defined twice: %s (%s) and %s (%s)", ch.Alias, o, o.Source, ch, ch.Source))
+			continue
+		}
+		seen[ch.Alias] = ch
+	}
+	for alias := range c.ServerOptions {
+		if _, ok := c.Lookup(alias); !ok {
+			errs = append(errs, fmt.Errorf("ServerTransportOptions for %q, which is no alias or method", alias))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// PluginFor returns the program that offers method.
+func (c *Config) PluginFor(method string) (Plugin, bool) {
+	for _, p := range c.Plugins {
+		for _, m := range p.Methods {
+			if m == method {
+				return p, true
+			}
+		}
+	}
+	return Plugin{}, false
+}
+
+// Lookup returns the chain exposed to tor as name: an alias, or else a
+// method offered by a program, as a chain of one hop (a single PT behind the
+// combiner behaves like that PT).
+func (c *Config) Lookup(name string) (Chain, bool) {
+	for _, ch := range c.Chains {
+		if ch.Alias == name {
+			return ch, true
+		}
+	}
+	if p, ok := c.PluginFor(name); ok {
+		return Chain{Alias: name, Hops: []string{name}, Source: p.Source}, true
+	}
+	return Chain{}, false
+}
+
+// Names lists every name Lookup knows, sorted.
+func (c *Config) Names() []string {
+	set := map[string]bool{}
+	for _, ch := range c.Chains {
+		set[ch.Alias] = true
+	}
+	for _, p := range c.Plugins {
+		for _, m := range p.Methods {
+			set[m] = true
+		}
+	}
+	names := make([]string, 0, len(set))
+	for n := range set {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// CheckChain reports why ch cannot run with this configuration: a hop whose
+// method no program offers.
+func (c *Config) CheckChain(ch Chain) error {
+	var errs []error
+	for i, m := range ch.Hops {
+		if _, ok := c.PluginFor(m); !ok {
+			errs = append(errs, fmt.Errorf("hop %d %q is offered by no program; add --plugin %s=PATH", i, m, m))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,250 @@
+// Command ptcombiner-client chains pluggable transports on the client side.
+//
+// Tor runs it as a ClientTransportPlugin:
+//
+//	ClientTransportPlugin obfs3_obfs4 exec /usr/bin/ptcombiner-client --plugin obfs3,obfs4=/usr/bin/obfs4proxy --chain obfs3_obfs4=obfs3|obfs4
+//	Bridge obfs3_obfs4 192.0.2.1:443 <FINGERPRINT> 1.cert=... 1.iat-mode=0
+//
+// For each chain tor asks for it offers a SOCKS5 listener (CMETHOD); each
+// SOCKS request is carried through the chain's PT programs, started once
+// each, to the bridge. See docs/client.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	pt "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
+
+	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/internal/runner"
+	"github.com/ptcombiner/ptcombiner/ptproc"
+	"github.com/ptcombiner/ptcombiner/shim"
+)
+
+// failWait bounds the wait after a fatal error line (PROTOCOLS.md A25).
+const failWait = 10 * time.Second
+
+func main() {
+	app := &cli.App{
+		Name:    "ptcombiner-client",
+		Usage:   "chain Tor pluggable transports (run by tor as a ClientTransportPlugin)",
+		Version: runner.Version,
+		Flags: append(runner.Flags(),
+			&cli.DurationFlag{Name: "socks-timeout", Value: 10 * time.Second, Usage: "bound on reading an application's SOCKS request"},
+			&cli.DurationFlag{Name: "setup-timeout", Value: chain.DefaultSetupTimeout, Usage: "bound on setting up a chained connection (all hops)"},
+			&cli.DurationFlag{Name: "start-timeout", Value: chain.DefaultStartTimeout, Usage: "bound on a PT program's start, up to CMETHODS DONE"},
+		),
+		HideHelpCommand: true,
+		Action:          run,
+	}
+	if err := app.Run(os.Args); err != nil {
+		runner.FailBeforeDone("", "ptcombiner-client: "+err.Error(), failWait)
+		os.Exit(1)
+	}
+}
+
+func run(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q (chains go in --chain ALIAS=CHAIN)", c.Args().Slice())
+	}
+	managed := runner.Managed()
+	if !managed {
+		return errors.New("not run by tor: TOR_PT_MANAGED_TRANSPORT_VER is not set (see docs/client.md; `make demo` shows a run)")
+	}
+	log, closer, err := runner.Logger(c, true)
+	if err != nil {
+		runner.FailBeforeDone("ENV-ERROR", err.Error(), failWait)
+		return cli.Exit("", 1)
+	}
+	defer closer.Close()
+	cfg, err := runner.LoadConfig(c, chain.ClientRole)
+	if err != nil {
+		runner.FailBeforeDone("ENV-ERROR", "ptcombiner-client: "+err.Error(), failWait)
+		return cli.Exit("", 1)
+	}
+
+	info, err := pt.ClientSetup(nil) // VERSION, or VERSION-ERROR / ENV-ERROR
+	if err != nil {
+		runner.FailBeforeDone("", "ptcombiner-client: "+err.Error(), failWait)
+		return cli.Exit("", 1)
+	}
+	stateDir, err := pt.MakeStateDir()
+	if err != nil {
+		runner.FailBeforeDone("ENV-ERROR", "cannot make the state directory: "+err.Error(), failWait)
+		return cli.Exit("", 1)
+	}
+	proxyURL := ""
+	if info.ProxyURL != nil {
+		proxyURL = info.ProxyURL.String()
+	}
+
+	monitor := runner.NewMonitor(context.Background(), runner.WatchStdin())
+	defer monitor.Stop()
+
+	client := chain.NewClient(chain.ClientOptions{
+		Config:       cfg,
+		StateDir:     filepath.Join(stateDir, "ptcombiner"),
+		ProxyURL:     proxyURL,
+		Logger:       log,
+		SetupTimeout: c.Duration("setup-timeout"),
+		StartTimeout: c.Duration("start-timeout"),
+		OnChildLog: func(program, severity, message string) {
+			log.Info("PT log", "program", program, "severity", severity, "message", message)
+		},
+	})
+	defer client.Close()
+
+	startCtx, cancelStart := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-monitor.Exit():
+			cancelStart()
+		case <-startCtx.Done():
+		}
+	}()
+	results := client.Start(startCtx, info.MethodNames)
+	cancelStart()
+
+	names := make([]string, 0, len(results))
+	for name := range results {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	if proxyURL != "" {
+		ok := false
+		for _, name := range names {
+			ok = ok || results[name] == nil
+		}
+		if !ok {
+			pt.ProxyError("no chain could start with the proxy " + proxyURL)
+			runner.FailBeforeDone("", "ptcombiner-client: no chain could start with the proxy", failWait)
+			return cli.Exit("", 1)
+		}
+		pt.ProxyDone()
+	}
+
+	life, endLife := context.WithCancel(context.Background())
+	defer endLife()
+	srv := &server{ctx: life, client: client, log: log, socksTimeout: c.Duration("socks-timeout")}
+	for _, name := range names {
+		if err := results[name]; err != nil {
+			log.Warn("chain cannot start", "chain", name, "err", err)
+			pt.CmethodError(name, ptproc.Sanitize(err.Error()))
+			continue
+		}
+		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			pt.CmethodError(name, ptproc.Sanitize("cannot listen: "+err.Error()))
+			continue
+		}
+		srv.serve(name, ln)
+		pt.Cmethod(name, "socks5", ln.Addr())
+	}
+	pt.CmethodsDone()
+
+	select {
+	case <-monitor.Exit():
+	case <-monitor.Drain():
+		log.Info("draining", "reason", monitor.Why())
+		srv.closeListeners()
+		done := make(chan struct{})
+		go func() { srv.wait(); close(done) }()
+		select {
+		case <-done:
+		case <-monitor.Exit():
+		}
+	}
+	log.Info("exiting", "reason", monitor.Why())
+	srv.closeListeners()
+	endLife()
+	client.Close() // ends every connection and child
+	srv.wait()
+	return nil
+}
+
+// server accepts SOCKS connections for the chains and carries each through
+// its chain.
+type server struct {
+	ctx          context.Context // cancelled when the program ends
+	client       *chain.Client
+	log          *slog.Logger
+	socksTimeout time.Duration
+
+	mu        sync.Mutex
+	listeners []*net.TCPListener
+	conns     sync.WaitGroup
+}
+
+func (s *server) serve(alias string, ln *net.TCPListener) {
+	s.mu.Lock()
+	s.listeners = append(s.listeners, ln)
+	s.mu.Unlock()
+	s.conns.Add(1)
+	go func() {
+		defer s.conns.Done()
+		for {
+			conn, err := ln.AcceptTCP()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				s.log.Warn("accept", "chain", alias, "err", err)
+				time.Sleep(50 * time.Millisecond) // e.g. EMFILE: do not spin
+				continue
+			}
+			s.conns.Add(1)
+			go func() {
+				defer s.conns.Done()
+				s.handle(alias, conn)
+			}()
+		}
+	}()
+}
+
+func (s *server) handle(alias string, conn *net.TCPConn) {
+	defer conn.Close()
+	req, err := shim.ReadRequest(conn, s.socksTimeout)
+	if err != nil {
+		s.log.Info("bad SOCKS request", "chain", alias, "err", err)
+		return
+	}
+	ctx := s.ctx
+	cc, err := s.client.Dial(ctx, alias, req.Target, req.Args)
+	if err != nil {
+		code := shim.ReplyCodeFor(err)
+		var he *chain.HopError
+		if errors.As(err, &he) {
+			code = he.ReplyCode()
+		}
+		s.log.Warn("chained connection failed", "err", err, "socks_reply", code)
+		shim.Reject(conn, code)
+		return
+	}
+	defer cc.Close()
+	if err := shim.Grant(conn); err != nil {
+		return
+	}
+	if _, _, err := shim.Pipe(ctx, conn, cc.TCPConn); err != nil {
+		s.log.Debug("connection ended", "chain", alias, "err", err)
+	}
+}
+
+func (s *server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
+}
+
+func (s *server) wait() { s.conns.Wait() }

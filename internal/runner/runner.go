@@ -1,0 +1,245 @@
+// Package runner owns what ptcombiner-client and ptcombiner-server share as
+// programs: their common flags, the configuration they load, their logging
+// (stderr, and LOG lines towards tor), and the termination monitor that ends
+// them on stdin EOF, SIGTERM and SIGINT (pt-spec 3.4, PROTOCOLS.md A22-A25).
+package runner
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	pt "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
+
+	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/ptproc"
+)
+
+// Version is set at build time with -ldflags "-X .../internal/runner.Version=v1.2.3".
+var Version = "dev"
+
+// Flags are the flags both programs take.
+func Flags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "plugin", Usage: "a PT program and the methods it offers: `NAMES=PATH`, e.g. obfs3,obfs4=/usr/bin/obfs4proxy (repeatable)"},
+		&cli.StringSliceFlag{Name: "chain", Usage: "a chain exposed to tor under an alias: `ALIAS=CHAIN`, innermost first, e.g. obfs3_obfs4=obfs3|obfs4 (repeatable)"},
+		&cli.StringFlag{Name: "config", Usage: "a torrc-like `FILE` of ClientTransportPlugin/ServerTransportPlugin, Alias and ServerTransportOptions lines"},
+		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "stderr log level: debug, info, warn or error"},
+		&cli.StringFlag{Name: "log-file", Usage: "log to `FILE` instead of stderr (tor records a PT's stderr only at info level)"},
+		&cli.BoolFlag{Name: "unsafe-logging", Usage: "show IP addresses in logs (they are elided by default)"},
+	}
+}
+
+// LoadConfig builds the configuration from --config and the --plugin and
+// --chain flags, and validates it.
+func LoadConfig(c *cli.Context, role chain.Role) (*chain.Config, error) {
+	cfg := &chain.Config{}
+	if path := c.String("config"); path != "" {
+		f, err := chain.ParseFile(path, role)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Merge(f)
+	}
+	for _, p := range c.StringSlice("plugin") {
+		if err := cfg.AddPluginFlag(p); err != nil {
+			return nil, err
+		}
+	}
+	for _, ch := range c.StringSlice("chain") {
+		if err := cfg.AddChainFlag(ch); err != nil {
+			return nil, err
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Logger builds the program's logger: text to stderr (or --log-file), and,
+// when run by tor, warnings and errors also as LOG lines on stdout so that
+// tor's log shows them.
+func Logger(c *cli.Context, managed bool) (*slog.Logger, io.Closer, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return nil, nil, fmt.Errorf("--log-level: %w", err)
+	}
+	var w io.Writer = os.Stderr
+	var closer io.Closer = io.NopCloser(nil)
+	if path := c.String("log-file"); path != "" {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--log-file: %w", err)
+		}
+		w, closer = f, f
+	}
+	var h slog.Handler = slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
+	if !c.Bool("unsafe-logging") {
+		h = elideHandler{h}
+	}
+	if managed {
+		h = torHandler{next: h}
+	}
+	return slog.New(h), closer, nil
+}
+
+// Managed reports whether tor (or another PT parent) runs this program.
+func Managed() bool { return os.Getenv("TOR_PT_MANAGED_TRANSPORT_VER") != "" }
+
+// FailBeforeDone reports a fatal setup error to the parent and waits, as
+// PROTOCOLS.md A25 asks: a PT that exits before its *METHODS DONE can make
+// tor 0.4.8 abort, so the error line is flushed and the program waits for
+// SIGTERM or stdin EOF, at most timeout, before it returns.
+func FailBeforeDone(keyword, msg string, timeout time.Duration) {
+	fmt.Fprintln(os.Stderr, msg)
+	if !Managed() {
+		return
+	}
+	if keyword != "" {
+		fmt.Fprintf(pt.Stdout, "%s %s\n", keyword, ptproc.Sanitize(msg))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	m := NewMonitor(ctx, true)
+	defer m.Stop()
+	<-m.Exit()
+}
+
+// Monitor watches for the events that end a PT (pt-spec 3.4 and proposal
+// 180, as lyrebird does it): stdin EOF when TOR_PT_EXIT_ON_STDIN_CLOSE=1 and
+// SIGTERM end at once; the first SIGINT asks for a graceful stop (close the
+// listeners, let connections drain), the second ends at once.
+type Monitor struct {
+	drain, exit chan struct{}
+	drainOnce   sync.Once
+	exitOnce    sync.Once
+	stop        context.CancelFunc
+	sigs        chan os.Signal
+	Reason      string
+	mu          sync.Mutex
+}
+
+// NewMonitor starts watching. watchStdin is normally Managed() and
+// TOR_PT_EXIT_ON_STDIN_CLOSE=1; the monitor ends when ctx does.
+func NewMonitor(ctx context.Context, watchStdin bool) *Monitor {
+	ctx, cancel := context.WithCancel(ctx)
+	m := &Monitor{drain: make(chan struct{}), exit: make(chan struct{}), stop: cancel, sigs: make(chan os.Signal, 4)}
+	signal.Notify(m.sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		defer signal.Stop(m.sigs)
+		sigints := 0
+		for {
+			select {
+			case <-ctx.Done():
+				m.end("context ended")
+				return
+			case sig := <-m.sigs:
+				if sig == syscall.SIGINT {
+					sigints++
+					if sigints == 1 {
+						m.setReason("SIGINT: closing listeners, draining connections")
+						m.drainOnce.Do(func() { close(m.drain) })
+						continue
+					}
+				}
+				m.end("signal " + sig.String())
+				return
+			}
+		}
+	}()
+	if watchStdin {
+		go func() {
+			// Nothing is ever read from stdin; we wait for its end. The
+			// goroutine ends with the process (os.Stdin cannot be
+			// interrupted portably); it only closes a channel.
+			io.Copy(io.Discard, os.Stdin)
+			m.end("stdin closed")
+		}()
+	}
+	return m
+}
+
+func (m *Monitor) setReason(r string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.Reason = r
+}
+
+func (m *Monitor) end(reason string) {
+	m.exitOnce.Do(func() {
+		m.setReason(reason)
+		close(m.exit)
+	})
+}
+
+// Why says what ended (or is draining) the program.
+func (m *Monitor) Why() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.Reason
+}
+
+// Drain is closed on the first SIGINT.
+func (m *Monitor) Drain() <-chan struct{} { return m.drain }
+
+// Exit is closed when the program must end now.
+func (m *Monitor) Exit() <-chan struct{} { return m.exit }
+
+// Stop releases the monitor's signal handling.
+func (m *Monitor) Stop() { m.stop() }
+
+// WatchStdin says whether stdin EOF must end the program (pt-spec: only the
+// exact value "1" means so).
+func WatchStdin() bool { return os.Getenv("TOR_PT_EXIT_ON_STDIN_CLOSE") == "1" }
+
+// torHandler relays warnings and errors to tor as LOG lines, sanitised
+// (goptlib panics on non-ASCII) and on one line.
+type torHandler struct {
+	next  slog.Handler
+	attrs []slog.Attr
+}
+
+func (h torHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn || h.next.Enabled(ctx, l)
+}
+
+func (h torHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		var b strings.Builder
+		b.WriteString(r.Message)
+		add := func(a slog.Attr) bool {
+			fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+			return true
+		}
+		for _, a := range h.attrs {
+			add(a)
+		}
+		r.Attrs(add)
+		sev := pt.Warning
+		if r.Level >= slog.LevelError {
+			sev = pt.Error
+		}
+		pt.Log(sev, ptproc.Sanitize(b.String()))
+	}
+	if h.next.Enabled(ctx, r.Level) {
+		return h.next.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (h torHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return torHandler{next: h.next.WithAttrs(as), attrs: append(append([]slog.Attr{}, h.attrs...), as...)}
+}
+
+func (h torHandler) WithGroup(name string) slog.Handler {
+	return torHandler{next: h.next.WithGroup(name), attrs: h.attrs}
+}

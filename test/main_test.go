@@ -1,0 +1,62 @@
+// Package test holds the project's integration tests: real child processes,
+// real tor and real obfs4proxy, all on loopback.
+package test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// binDir holds the binaries built once for the whole package by TestMain.
+var binDir string
+
+// TestMain builds ptcombiner-client, ptcombiner-server and the test PT once,
+// so that every test runs the real programs a user would run.
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "ptcombiner-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	binDir = dir
+	pkgs := []string{"../cmd/ptcombiner-client", "../test/testpt"}
+	if _, err := os.Stat("../cmd/ptcombiner-server/main.go"); err == nil {
+		pkgs = append(pkgs, "../cmd/ptcombiner-server")
+	}
+	args := append([]string{"build", "-race", "-o", dir + "/"}, pkgs...)
+	if os.Getenv("PTCOMBINER_TEST_NORACE") != "" {
+		args = append([]string{"build", "-o", dir + "/"}, pkgs...)
+	}
+	cmd := exec.Command("go", args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building test binaries:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// bin returns the path of a binary built by TestMain.
+func bin(name string) string { return filepath.Join(binDir, name) }
+
+// requireProgram skips the test when an external program (tor, obfs4proxy)
+// is not installed; .ci/run installs both, so CI never skips.
+func requireProgram(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is not installed, but CI must run this test: %v", name, err)
+		}
+		t.Skipf("%s is not installed: %v", name, err)
+	}
+	return p
+}
