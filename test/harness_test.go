@@ -125,9 +125,11 @@ func serverChain(t testing.TB, final string, hops []serverHop) (string, metadata
 
 // combiner is ptcombiner-client run by a tor-like parent (ptproc itself).
 type combiner struct {
-	proc    *ptproc.Process
-	methods map[string]ptproc.Cmethod
-	errs    map[string]string
+	stateDir string
+	logs     *logSink
+	proc     *ptproc.Process
+	methods  map[string]ptproc.Cmethod
+	errs     map[string]string
 }
 
 func startCombiner(t testing.TB, aliases []string, flags ...string) *combiner {
@@ -141,20 +143,23 @@ func startCombiner(t testing.TB, aliases []string, flags ...string) *combiner {
 
 func tryCombiner(t testing.TB, aliases []string, flags ...string) (*combiner, error) {
 	t.Helper()
+	dir := t.TempDir()
+	logs := &logSink{}
 	p, err := ptproc.Start(context.Background(), ptproc.Spec{
 		Name:     "ptcombiner-client",
 		Path:     bin("ptcombiner-client"),
 		Args:     flags,
 		Role:     ptproc.Client,
 		Methods:  aliases,
-		StateDir: t.TempDir(),
+		StateDir: dir,
 		Logger:   testLogger(t),
+		OnLog:    logs.add,
 	})
 	if err != nil {
 		return nil, err
 	}
 	t.Cleanup(func() { p.Close() })
-	return &combiner{proc: p, methods: p.Methods(), errs: p.MethodErrors()}, nil
+	return &combiner{stateDir: dir, logs: logs, proc: p, methods: p.Methods(), errs: p.MethodErrors()}, nil
 }
 
 // dial opens a SOCKS connection through alias to target with args, as tor does.
@@ -257,6 +262,59 @@ func waitGone(pids []int, d time.Duration) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// logSink keeps the LOG lines a child sent to its parent.
+type logSink struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logSink) add(severity, message string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, severity+": "+message)
+}
+
+// waitFor waits up to d for a LOG line containing every one of parts.
+func (l *logSink) waitFor(d time.Duration, parts ...string) (string, error) {
+	deadline := time.Now().Add(d)
+	for {
+		l.mu.Lock()
+		for _, line := range l.lines {
+			ok := true
+			for _, p := range parts {
+				ok = ok && strings.Contains(line, p)
+			}
+			if ok {
+				l.mu.Unlock()
+				return line, nil
+			}
+		}
+		all := strings.Join(l.lines, "\n")
+		l.mu.Unlock()
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("no LOG line with %q; got:\n%s", parts, all)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// retry runs f up to n times, for the known obfs4proxy stall (PROTOCOLS.md:
+// obfs3 inside obfs4 hangs on 1-4% of setups; it is upstream's bug).
+func retry(t testing.TB, n int, f func() error) error {
+	t.Helper()
+	var err error
+	for i := 0; i < n; i++ {
+		if err = f(); err == nil {
+			return nil
+		}
+		t.Logf("attempt %d: %v", i+1, err)
+		if errors.Is(err, errSkip) {
+			return err
+		}
+	}
+	return err
 }
 
 var errSkip = errors.New("skip")

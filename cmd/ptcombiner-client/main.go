@@ -213,6 +213,8 @@ func (s *server) serve(alias string, ln *net.TCPListener) {
 
 func (s *server) handle(alias string, conn *net.TCPConn) {
 	defer conn.Close()
+	stop := context.AfterFunc(s.ctx, func() { conn.Close() }) // ends a pending handshake at exit
+	defer stop()
 	req, err := shim.ReadRequest(conn, s.socksTimeout)
 	if err != nil {
 		s.log.Info("bad SOCKS request", "chain", alias, "err", err)

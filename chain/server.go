@@ -1,0 +1,594 @@
+package chain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ptcombiner/ptcombiner/extorport"
+	"github.com/ptcombiner/ptcombiner/metadata"
+	"github.com/ptcombiner/ptcombiner/ptproc"
+	"github.com/ptcombiner/ptcombiner/shim"
+)
+
+// Defaults for ServerOptions' zero values.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultDialTimeout      = 10 * time.Second
+	DefaultStampWait        = 2 * time.Second
+)
+
+// ServerOptions configure a Server. Zero values take the documented
+// defaults, except Config and StateDir.
+type ServerOptions struct {
+	Config   *Config
+	StateDir string // the server's own files: the cookie, each child's state
+	Logger   *slog.Logger
+
+	// Where finished streams go: tor's Extended ORPort with its cookie file
+	// (USERADDR = the real client, TRANSPORT = the alias), or else tor's
+	// plain ORPort.
+	TorExtORPort  string
+	TorCookiePath string
+	TorORPort     string
+
+	StartTimeout     time.Duration // a child's start, up to SMETHODS DONE (DefaultStartTimeout)
+	HandshakeTimeout time.Duration // each Extended ORPort handshake, either side (DefaultHandshakeTimeout)
+	DialTimeout      time.Duration // each dial into a child or to tor (DefaultDialTimeout)
+	// StampWait bounds how long an Extended ORPort arrival waits for its
+	// stamp to be recorded (the child may be faster than our bookkeeping).
+	StampWait  time.Duration
+	OnChildLog func(program, severity, message string)
+}
+
+// Bind is what tor asks for one transport: its alias, the address to
+// listen on, and its ServerTransportOptions (N.key for hop N).
+type Bind struct {
+	Alias   string
+	Addr    *net.TCPAddr
+	Options metadata.Args
+}
+
+// Published is what the server offers for one Bind: the address it listens
+// on and the arguments clients need (N.key for hop N), or why it cannot.
+type Published struct {
+	Alias string
+	Addr  *net.TCPAddr
+	Args  metadata.Args
+	Err   error
+}
+
+// Server runs chains on the bridge side. It owns each chain's public
+// listener, the children, one Extended ORPort listener per child, and the
+// stamps that tie every child's arrival to its chain connection.
+type Server struct {
+	opt    ServerOptions
+	log    *slog.Logger
+	cookie []byte
+	ctx    context.Context
+	cancel context.CancelFunc
+	stamps *stampBook
+	nextID atomic.Uint64
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	children  []*serverChild
+	listeners []net.Listener
+	closed    bool
+}
+
+// serverChild is one server PT process and what it serves.
+type serverChild struct {
+	id      int
+	plugin  int
+	path    string
+	args    []string
+	options map[string]metadata.Args // by method; the TOR_PT_SERVER_TRANSPORT_OPTIONS it gets
+	extLn   *net.TCPListener         // its own Extended ORPort
+	orLn    *net.TCPListener         // its plain ORPort, which refuses
+	proc    *ptproc.Process
+	err     error
+	warned  atomic.Bool
+}
+
+func (c *serverChild) name() string { return filepath.Base(c.path) + "#" + strconv.Itoa(c.id) }
+
+// hopEndpoint is where position i of a chain is served.
+type hopEndpoint struct {
+	child  *serverChild
+	method string
+	addr   *net.TCPAddr
+}
+
+type serverChain struct {
+	alias string
+	hops  []hopEndpoint // innermost first
+}
+
+// NewServer prepares a server; Start launches it.
+func NewServer(opt ServerOptions) *Server {
+	if opt.Config == nil {
+		opt.Config = &Config{}
+	}
+	if opt.StartTimeout <= 0 {
+		opt.StartTimeout = DefaultStartTimeout
+	}
+	if opt.HandshakeTimeout <= 0 {
+		opt.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if opt.DialTimeout <= 0 {
+		opt.DialTimeout = DefaultDialTimeout
+	}
+	if opt.StampWait <= 0 {
+		opt.StampWait = DefaultStampWait
+	}
+	log := opt.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{opt: opt, log: log, ctx: ctx, cancel: cancel, stamps: newStampBook()}
+}
+
+func sameArgs(a, b metadata.Args) bool {
+	return metadata.EncodeClientArgs(a) == metadata.EncodeClientArgs(b)
+}
+
+// childFor returns a child of plugin that serves method with opts, adding
+// one when every existing child serves method with other options.
+func (s *Server) childFor(plugin int, method string, opts metadata.Args) *serverChild {
+	for _, c := range s.children {
+		if c.plugin != plugin {
+			continue
+		}
+		if have, ok := c.options[method]; !ok || sameArgs(have, opts) {
+			c.options[method] = opts
+			return c
+		}
+	}
+	p := s.opt.Config.Plugins[plugin]
+	c := &serverChild{id: len(s.children), plugin: plugin, path: p.Path, args: p.Args,
+		options: map[string]metadata.Args{method: opts}}
+	s.children = append(s.children, c)
+	return c
+}
+
+// Start launches the children the binds need, in parallel, and opens each
+// chain's public listener. It returns one Published per Bind, in order.
+func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, errors.New("server is closed")
+	}
+	s.mu.Unlock()
+	if s.cookie == nil {
+		cookie, err := extorport.WriteCookieFile(s.cookiePath())
+		if err != nil {
+			return nil, fmt.Errorf("writing the Extended ORPort cookie: %w", err)
+		}
+		s.cookie = cookie
+	}
+
+	out := make([]Published, len(binds))
+	type plan struct {
+		chain  Chain
+		childs []*serverChild
+	}
+	plans := make([]*plan, len(binds))
+	s.mu.Lock()
+	for i, b := range binds {
+		out[i] = Published{Alias: b.Alias}
+		ch, ok := s.opt.Config.Lookup(b.Alias)
+		if !ok {
+			out[i].Err = fmt.Errorf("no chain or method %q is configured", b.Alias)
+			continue
+		}
+		if err := s.opt.Config.CheckChain(ch); err != nil {
+			out[i].Err = err
+			continue
+		}
+		opts := metadata.Args{}
+		for k, v := range s.opt.Config.ServerOptions[b.Alias] {
+			opts[k] = append(opts[k], v...)
+		}
+		for k, v := range b.Options {
+			opts[k] = append(opts[k], v...)
+		}
+		perHop, err := metadata.SplitHops(opts, len(ch.Hops))
+		if err != nil {
+			out[i].Err = fmt.Errorf("ServerTransportOptions: %w", err)
+			continue
+		}
+		p := &plan{chain: ch}
+		for pos, m := range ch.Hops {
+			idx := s.pluginIndex(m)
+			p.childs = append(p.childs, s.childFor(idx, m, perHop[pos]))
+		}
+		plans[i] = p
+	}
+	children := append([]*serverChild(nil), s.children...)
+	s.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, c := range children {
+		if c.proc != nil || c.err != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.err = s.launch(ctx, c)
+		}()
+	}
+	wg.Wait()
+
+	for i, p := range plans {
+		if p == nil {
+			continue
+		}
+		sc := &serverChain{alias: binds[i].Alias}
+		var perHop []metadata.Args
+		for pos, m := range p.chain.Hops {
+			c := p.childs[pos]
+			if c.err != nil {
+				out[i].Err = fmt.Errorf("hop %d (%s): %w", pos, m, c.err)
+				break
+			}
+			sm, ok := c.proc.ServerMethods()[m]
+			if !ok {
+				why := "the program does not offer it"
+				if e, ok := c.proc.MethodErrors()[m]; ok {
+					why = "the program says: " + e
+				}
+				out[i].Err = fmt.Errorf("hop %d (%s): %s", pos, m, why)
+				break
+			}
+			sc.hops = append(sc.hops, hopEndpoint{child: c, method: m, addr: sm.Addr})
+			perHop = append(perHop, sm.Args)
+		}
+		if out[i].Err != nil {
+			continue
+		}
+		ln, err := net.ListenTCP("tcp", binds[i].Addr)
+		if err != nil {
+			out[i].Err = fmt.Errorf("cannot listen on %v: %w", binds[i].Addr, err)
+			continue
+		}
+		out[i].Addr = ln.Addr().(*net.TCPAddr)
+		out[i].Args = metadata.JoinHops(perHop)
+		s.serve(ln, func(conn *net.TCPConn) { s.handlePublic(sc, conn) })
+	}
+	return out, nil
+}
+
+func (s *Server) pluginIndex(method string) int {
+	for i, p := range s.opt.Config.Plugins {
+		for _, m := range p.Methods {
+			if m == method {
+				return i
+			}
+		}
+	}
+	return -1 // CheckChain ran before
+}
+
+func (s *Server) cookiePath() string {
+	return filepath.Join(s.opt.StateDir, "extended_orport_auth_cookie")
+}
+
+// launch opens the child's own Extended ORPort and plain ORPort listeners
+// and starts it pointed at them.
+func (s *Server) launch(ctx context.Context, c *serverChild) error {
+	loop := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
+	ext, err := net.ListenTCP("tcp", loop)
+	if err != nil {
+		return fmt.Errorf("Extended ORPort listener: %w", err)
+	}
+	or, err := net.ListenTCP("tcp", loop)
+	if err != nil {
+		ext.Close()
+		return fmt.Errorf("ORPort listener: %w", err)
+	}
+	c.extLn, c.orLn = ext, or
+	s.serve(ext, func(conn *net.TCPConn) { s.handleExt(c, conn) })
+	s.serve(or, func(conn *net.TCPConn) { s.handlePlainOR(c, conn) })
+	var methods []string
+	for _, m := range s.opt.Config.Plugins[c.plugin].Methods {
+		if _, ok := c.options[m]; ok {
+			methods = append(methods, m)
+		}
+	}
+	opts := map[string]metadata.Args{}
+	for m, a := range c.options {
+		if len(a) > 0 {
+			opts[m] = a
+		}
+	}
+	name := filepath.Base(c.path)
+	spec := ptproc.Spec{
+		Name:           name,
+		Path:           c.path,
+		Args:           c.args,
+		Role:           ptproc.Server,
+		Methods:        methods,
+		StateDir:       filepath.Join(s.opt.StateDir, name+"-"+strconv.Itoa(c.plugin)+"-"+strconv.Itoa(c.id)),
+		Options:        opts,
+		ORPort:         or.Addr().String(),
+		ExtORPort:      ext.Addr().String(),
+		AuthCookieFile: s.cookiePath(),
+		StartTimeout:   s.opt.StartTimeout,
+		Logger:         s.log,
+	}
+	if s.opt.OnChildLog != nil {
+		spec.OnLog = func(sev, msg string) { s.opt.OnChildLog(name, sev, msg) }
+	}
+	p, err := ptproc.Start(ctx, spec)
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.path, err)
+	}
+	s.log.Info("PT program started", "program", c.path, "pid", p.Pid(), "methods", methods)
+	s.mu.Lock()
+	c.proc = p
+	s.mu.Unlock()
+	return nil
+}
+
+// serve runs an accept loop on ln, each connection in its own goroutine,
+// until the server closes.
+func (s *Server) serve(ln *net.TCPListener, handle func(*net.TCPConn)) {
+	s.mu.Lock()
+	s.listeners = append(s.listeners, ln)
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		ln.Close()
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			conn, err := ln.AcceptTCP()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				s.log.Warn("accept", "addr", ln.Addr().String(), "err", err)
+				select {
+				case <-s.ctx.Done():
+					return
+				case <-time.After(50 * time.Millisecond): // EMFILE and the like: do not spin
+				}
+				continue
+			}
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				// Closing the server closes connections still in a handshake.
+				stop := context.AfterFunc(s.ctx, func() { conn.Close() })
+				defer stop()
+				handle(conn)
+			}()
+		}
+	}()
+}
+
+// serverConn is one client's connection through a chain.
+type serverConn struct {
+	id     uint64
+	chain  *serverChain
+	client string // the real client's ip:port, as tor must learn it
+}
+
+// handlePublic takes a client's connection on a chain's public listener and
+// dials the outermost hop's child.
+func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
+	c := &serverConn{id: s.nextID.Add(1), chain: sc, client: conn.RemoteAddr().String()}
+	s.forward(c, len(sc.hops)-1, conn, nil)
+}
+
+// forward dials position pos's child, records the stamp of that connection,
+// calls ready (which sends OKAY upstream) and pipes up into it.
+func (s *Server) forward(c *serverConn, pos int, up *net.TCPConn, ready func() error) {
+	hop := c.chain.hops[pos]
+	ctx, cancel := context.WithTimeout(s.ctx, s.opt.DialTimeout)
+	d := net.Dialer{}
+	raw, err := d.DialContext(ctx, "tcp", hop.addr.String())
+	cancel()
+	if err != nil {
+		s.log.Warn("cannot reach a hop's server", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
+		up.Close()
+		return
+	}
+	down := raw.(*net.TCPConn)
+	local, err := netip.ParseAddrPort(down.LocalAddr().String())
+	if err != nil {
+		s.log.Error("dialled socket has no ip:port", "err", err)
+		up.Close()
+		down.Close()
+		return
+	}
+	st := stamp{child: hop.child.id, method: hop.method, addr: local}
+	if err := s.stamps.Put(st, hopLink{conn: c, pos: pos}); err != nil {
+		s.log.Error("stamp collision: refusing the connection rather than guessing", "stamp", local.String(), "err", err)
+		up.Close()
+		down.Close()
+		return
+	}
+	defer s.stamps.Drop(st)
+	if ready != nil {
+		if err := ready(); err != nil {
+			up.Close()
+			down.Close()
+			return
+		}
+	}
+	shim.Pipe(s.ctx, up, down)
+}
+
+// handleExt takes a child's connection on its Extended ORPort: it checks the
+// cookie, reads USERADDR and TRANSPORT, looks the stamp up, and sends the
+// stream on to the next hop inward, or to tor after the innermost.
+func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
+	meta, err := extorport.ServerHandshake(conn, extorport.ServerConfig{Cookie: s.cookie, Timeout: s.opt.HandshakeTimeout})
+	if err != nil {
+		s.log.Warn("refused an Extended ORPort connection", "child", child.name(), "err", err)
+		conn.Close()
+		return
+	}
+	addr, err := netip.ParseAddrPort(meta.UserAddr)
+	if err != nil {
+		s.log.Warn("refused an Extended ORPort connection without a usable USERADDR", "child", child.name(), "useraddr", meta.UserAddr, "err", err)
+		extorport.Deny(conn)
+		conn.Close()
+		return
+	}
+	var link hopLink
+	var ok bool
+	if meta.Transport == "" {
+		link, ok = s.stamps.TakeAnyMethod(child.id, addr)
+	} else {
+		link, ok = s.stamps.Take(stamp{child: child.id, method: meta.Transport, addr: addr}, s.opt.StampWait)
+	}
+	if !ok {
+		s.log.Warn("refused an Extended ORPort connection: ptcombiner dialled no such connection into this child",
+			"child", child.name(), "useraddr", meta.UserAddr, "transport", meta.Transport)
+		extorport.Deny(conn)
+		conn.Close()
+		return
+	}
+	c, pos := link.conn, link.pos
+	okay := func() error {
+		if err := extorport.Okay(conn); err != nil {
+			s.log.Info("child went away before OKAY", "chain", c.chain.alias, "hop", pos, "err", err)
+			return err
+		}
+		return nil
+	}
+	if pos > 0 {
+		s.forward(c, pos-1, conn, okay)
+		return
+	}
+	tor, err := s.dialTor(c)
+	if err != nil {
+		s.log.Warn("cannot reach tor", "chain", c.chain.alias, "err", err)
+		extorport.Deny(conn)
+		conn.Close()
+		return
+	}
+	if okay() != nil {
+		conn.Close()
+		tor.Close()
+		return
+	}
+	shim.Pipe(s.ctx, conn, tor)
+}
+
+// dialTor opens the finished stream towards tor: its Extended ORPort with
+// the real client address and the alias, or its plain ORPort.
+func (s *Server) dialTor(c *serverConn) (*net.TCPConn, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.opt.DialTimeout)
+	defer cancel()
+	if s.opt.TorExtORPort != "" {
+		return extorport.Dial(ctx, s.opt.TorExtORPort,
+			extorport.ClientConfig{CookiePath: s.opt.TorCookiePath, Timeout: s.opt.HandshakeTimeout},
+			extorport.Meta{UserAddr: c.client, Transport: c.chain.alias})
+	}
+	if s.opt.TorORPort == "" {
+		return nil, errors.New("tor gave neither an Extended ORPort nor an ORPort")
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", s.opt.TorORPort)
+	if err != nil {
+		return nil, err
+	}
+	return conn.(*net.TCPConn), nil
+}
+
+// handlePlainOR refuses a child's connection to the plain ORPort: it carries
+// no USERADDR, so it cannot be tied to its client, and ptcombiner never
+// guesses (the historical combiner matched by order, and raced).
+func (s *Server) handlePlainOR(child *serverChild, conn *net.TCPConn) {
+	conn.Close()
+	if !child.warned.Swap(true) {
+		s.log.Error("a PT connected to the plain ORPort: it does not speak the Extended ORPort, so ptcombiner cannot tell which client a connection belongs to, and refuses it; use a PT that supports TOR_PT_EXTENDED_SERVER_PORT (every goptlib-based PT does)",
+			"child", child.name())
+	}
+}
+
+// Close ends every connection, listener and child, and waits for them.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	listeners := s.listeners
+	children := s.children
+	s.mu.Unlock()
+	s.cancel()
+	for _, ln := range listeners {
+		ln.Close()
+	}
+	var errs []error
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, c := range children {
+		if c.proc == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.proc.Close(); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", c.name(), err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// CloseListeners stops accepting new client connections (the first SIGINT);
+// open connections go on.
+func (s *Server) CloseListeners(public []*net.TCPAddr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ln := range s.listeners {
+		for _, a := range public {
+			if ln.Addr().String() == a.String() {
+				ln.Close()
+			}
+		}
+	}
+}
+
+// Processes returns the pids of the running children.
+func (s *Server) Processes() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var pids []int
+	for _, c := range s.children {
+		if c.proc != nil {
+			pids = append(pids, c.proc.Pid())
+		}
+	}
+	return pids
+}
+
+// PendingStamps is the number of dialled connections whose child has not
+// come back yet (for tests and stats).
+func (s *Server) PendingStamps() int { return s.stamps.Len() }

@@ -1,0 +1,163 @@
+// Command ptcombiner-server chains pluggable transports on a bridge.
+//
+// Tor runs it as a ServerTransportPlugin:
+//
+//	ServerTransportPlugin obfs3_obfs4 exec /usr/local/bin/ptcombiner-server --plugin obfs3,obfs4=/usr/bin/obfs4proxy --chain obfs3_obfs4=obfs3|obfs4
+//	ServerTransportListenAddr obfs3_obfs4 0.0.0.0:443
+//	ExtORPort auto
+//
+// It listens for each chain where tor says, runs the server side of each
+// hop's PT, and hands every finished stream to tor's Extended ORPort with the
+// real client's address, matched exactly, never by arrival order. See
+// docs/bridge.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	pt "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
+
+	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/internal/runner"
+	"github.com/ptcombiner/ptcombiner/metadata"
+	"github.com/ptcombiner/ptcombiner/ptproc"
+)
+
+const failWait = 10 * time.Second
+
+func main() {
+	app := &cli.App{
+		Name:    "ptcombiner-server",
+		Usage:   "chain Tor pluggable transports on a bridge (run by tor as a ServerTransportPlugin)",
+		Version: runner.Version,
+		Flags: append(runner.Flags(),
+			&cli.DurationFlag{Name: "handshake-timeout", Value: chain.DefaultHandshakeTimeout, Usage: "bound on each Extended ORPort handshake"},
+			&cli.DurationFlag{Name: "dial-timeout", Value: chain.DefaultDialTimeout, Usage: "bound on each dial into a hop or to tor"},
+			&cli.DurationFlag{Name: "start-timeout", Value: chain.DefaultStartTimeout, Usage: "bound on a PT program's start, up to SMETHODS DONE"},
+		),
+		HideHelpCommand: true,
+		Action:          run,
+	}
+	if err := app.Run(os.Args); err != nil {
+		runner.FailBeforeDone("", "ptcombiner-server: "+err.Error(), failWait)
+		os.Exit(1)
+	}
+}
+
+func run(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q (chains go in --chain ALIAS=CHAIN)", c.Args().Slice())
+	}
+	if !runner.Managed() {
+		return errors.New("not run by tor: TOR_PT_MANAGED_TRANSPORT_VER is not set (see docs/bridge.md)")
+	}
+	log, closer, err := runner.Logger(c, true)
+	if err != nil {
+		runner.FailBeforeDone("ENV-ERROR", err.Error(), failWait)
+		return cli.Exit("", 1)
+	}
+	defer closer.Close()
+	cfg, err := runner.LoadConfig(c, chain.ServerRole)
+	if err != nil {
+		runner.FailBeforeDone("ENV-ERROR", "ptcombiner-server: "+err.Error(), failWait)
+		return cli.Exit("", 1)
+	}
+	// Options are read by goptlib too, but its parser is not exported; read
+	// them ourselves first so that a malformed value gets a precise message.
+	if _, err := metadata.ParseServerTransportOptions(os.Getenv("TOR_PT_SERVER_TRANSPORT_OPTIONS")); err != nil {
+		runner.FailBeforeDone("ENV-ERROR", "TOR_PT_SERVER_TRANSPORT_OPTIONS: "+err.Error(), failWait)
+		return cli.Exit("", 1)
+	}
+	info, err := pt.ServerSetup(nil) // VERSION, or VERSION-ERROR / ENV-ERROR
+	if err != nil {
+		runner.FailBeforeDone("", "ptcombiner-server: "+err.Error(), failWait)
+		return cli.Exit("", 1)
+	}
+	stateDir, err := pt.MakeStateDir()
+	if err != nil {
+		runner.FailBeforeDone("ENV-ERROR", "cannot make the state directory: "+err.Error(), failWait)
+		return cli.Exit("", 1)
+	}
+	own := filepath.Join(stateDir, "ptcombiner")
+	if err := os.MkdirAll(own, 0o700); err != nil {
+		runner.FailBeforeDone("ENV-ERROR", "cannot make the state directory: "+err.Error(), failWait)
+		return cli.Exit("", 1)
+	}
+
+	monitor := runner.NewMonitor(context.Background(), runner.WatchStdin())
+	defer monitor.Stop()
+
+	opt := chain.ServerOptions{
+		Config:           cfg,
+		StateDir:         own,
+		Logger:           log,
+		HandshakeTimeout: c.Duration("handshake-timeout"),
+		DialTimeout:      c.Duration("dial-timeout"),
+		StartTimeout:     c.Duration("start-timeout"),
+		OnChildLog: func(program, severity, message string) {
+			log.Info("PT log", "program", program, "severity", severity, "message", message)
+		},
+	}
+	if info.ExtendedOrAddr != nil {
+		opt.TorExtORPort = info.ExtendedOrAddr.String()
+		opt.TorCookiePath = info.AuthCookiePath
+	} else {
+		log.Warn("tor gave no Extended ORPort: clients' addresses cannot reach tor (set ExtORPort auto in the torrc)")
+	}
+	if info.OrAddr != nil {
+		opt.TorORPort = info.OrAddr.String()
+	}
+	server := chain.NewServer(opt)
+	defer server.Close()
+
+	var binds []chain.Bind
+	for _, b := range info.Bindaddrs {
+		binds = append(binds, chain.Bind{Alias: b.MethodName, Addr: b.Addr, Options: b.Options})
+	}
+	startCtx, cancelStart := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-monitor.Exit():
+			cancelStart()
+		case <-startCtx.Done():
+		}
+	}()
+	published, err := server.Start(startCtx, binds)
+	cancelStart()
+	if err != nil {
+		runner.FailBeforeDone("ENV-ERROR", "ptcombiner-server: "+err.Error(), failWait)
+		return cli.Exit("", 1)
+	}
+	var public []*net.TCPAddr
+	for _, p := range published {
+		if p.Err != nil {
+			log.Warn("chain cannot start", "chain", p.Alias, "err", p.Err)
+			pt.SmethodError(p.Alias, ptproc.Sanitize(p.Err.Error()))
+			continue
+		}
+		public = append(public, p.Addr)
+		if len(p.Args) == 0 {
+			pt.Smethod(p.Alias, p.Addr)
+		} else {
+			pt.SmethodArgs(p.Alias, p.Addr, p.Args)
+		}
+	}
+	pt.SmethodsDone()
+
+	select {
+	case <-monitor.Exit():
+	case <-monitor.Drain():
+		log.Info("draining", "reason", monitor.Why())
+		server.CloseListeners(public)
+		<-monitor.Exit()
+	}
+	log.Info("exiting", "reason", monitor.Why())
+	return server.Close()
+}

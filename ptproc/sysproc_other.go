@@ -1,0 +1,9 @@
+//go:build !linux
+
+package ptproc
+
+import "syscall"
+
+// sysProcAttr has no parent-death signal outside Linux; Close and ctx
+// cancellation end the child.
+func sysProcAttr() *syscall.SysProcAttr { return nil }
