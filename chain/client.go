@@ -228,7 +228,7 @@ func (c *Client) process(ctx context.Context, key procKey) (*ptproc.Process, err
 	if c.opt.OnChildLog != nil {
 		spec.OnLog = func(sev, msg string) { c.opt.OnChildLog(name, sev, msg) }
 	}
-	p, err := ptproc.Start(ctx, spec)
+	p, err := ptproc.Start(c.ctx, spec) // the child lives as long as the client
 	if err != nil {
 		slot.err = fmt.Errorf("%s: %w", slot.plugin.Path, err)
 		return nil, slot.err

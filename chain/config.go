@@ -120,6 +120,19 @@ func (c *Config) addPlugin(names, path string, args []string, source string) err
 			path = p
 		}
 	}
+	// One process per program: lines naming the same program with the same
+	// arguments add to one Plugin.
+	for i := range c.Plugins {
+		p := &c.Plugins[i]
+		if p.Path == path && equal(p.Args, args) {
+			for _, m := range methods {
+				if !contains(p.Methods, m) {
+					p.Methods = append(p.Methods, m)
+				}
+			}
+			return nil
+		}
+	}
 	c.Plugins = append(c.Plugins, Plugin{Methods: methods, Path: path, Args: args, Source: source})
 	return nil
 }

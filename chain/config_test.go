@@ -80,8 +80,8 @@ func TestParseRoles(t *testing.T) {
 func TestParseErrors(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"Bogus x", `sample:1: unknown directive "Bogus"`},
-		{"ClientTransportPlugin obfs4 /usr/bin/obfs4proxy", "want ClientTransportPlugin NAMES exec PATH"},
-		{"ClientTransportPlugin obfs-4 exec /x", `method name "obfs-4" is not a C identifier`},
+		{"ServerTransportPlugin obfs4 /usr/bin/obfs4proxy", "want ServerTransportPlugin NAMES exec PATH"},
+		{"ServerTransportPlugin obfs-4 exec /x", `method name "obfs-4" is not a C identifier`},
 		{"Alias a-b obfs4", `alias "a-b" is not a C identifier`},
 		{"Alias ab obfs4||obfs3", `hop 1 "" is not a method name`},
 		{"Alias ab", "want Alias ALIAS CHAIN"},

@@ -331,7 +331,7 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 	if s.opt.OnChildLog != nil {
 		spec.OnLog = func(sev, msg string) { s.opt.OnChildLog(name, sev, msg) }
 	}
-	p, err := ptproc.Start(ctx, spec)
+	p, err := ptproc.Start(s.ctx, spec) // the child lives as long as the server
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.path, err)
 	}

@@ -43,7 +43,9 @@ func main() {
 			&cli.DurationFlag{Name: "start-timeout", Value: chain.DefaultStartTimeout, Usage: "bound on a PT program's start, up to SMETHODS DONE"},
 		),
 		HideHelpCommand: true,
-		Action:          run,
+		// --plugin obfs3,obfs4=PATH: a comma is part of the value.
+		DisableSliceFlagSeparator: true,
+		Action:                    run,
 	}
 	if err := app.Run(os.Args); err != nil {
 		runner.FailBeforeDone("", "ptcombiner-server: "+err.Error(), failWait)

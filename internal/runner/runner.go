@@ -224,9 +224,9 @@ func (h torHandler) Handle(ctx context.Context, r slog.Record) error {
 			add(a)
 		}
 		r.Attrs(add)
-		sev := pt.Warning
+		sev := pt.LogSeverityWarning
 		if r.Level >= slog.LevelError {
-			sev = pt.Error
+			sev = pt.LogSeverityError
 		}
 		pt.Log(sev, ptproc.Sanitize(b.String()))
 	}

@@ -11,7 +11,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"flag"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,12 +32,19 @@ func main() {
 	binDir := flag.String("bin", "bin", "directory holding ptcombiner-client and testpt")
 	size := flag.Int("size", 4<<20, "bytes to send through the chain per connection")
 	conns := flag.Int("conns", 3, "connections to open through the chain")
+	verbose := flag.Bool("v", false, "show every process's log")
 	flag.Parse()
+	if *verbose {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	if err := run(*binDir, *size, *conns); err != nil {
 		fmt.Fprintln(os.Stderr, "demo failed:", err)
 		os.Exit(1)
 	}
 }
+
+// logger receives the children's logs: nothing, unless -v.
+var logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 type hop struct {
 	method string
@@ -71,7 +78,7 @@ func run(binDir string, size, conns int) error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	quiet := logger
 
 	echo, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -110,12 +117,21 @@ func run(binDir string, size, conns int) error {
 		strings.ReplaceAll(metadata.EncodeClientArgs(args), ";", " "))
 
 	flags := []string{"--chain", alias + "=" + spec}
-	seen := map[string]bool{}
+	if logger.Enabled(context.Background(), slog.LevelDebug) {
+		flags = append(flags, "--log-level", "debug")
+	}
+	byPath := map[string][]string{}
+	var paths []string
 	for _, h := range hops {
-		if !seen[h.method] {
-			seen[h.method] = true
-			flags = append(flags, "--plugin", h.method+"="+h.path)
+		if byPath[h.path] == nil {
+			paths = append(paths, h.path)
 		}
+		if !slices.Contains(byPath[h.path], h.method) {
+			byPath[h.path] = append(byPath[h.path], h.method)
+		}
+	}
+	for _, p := range paths {
+		flags = append(flags, "--plugin", strings.Join(byPath[p], ",")+"="+p)
 	}
 	fmt.Printf("4. ptcombiner-client, run as tor runs it:\n     ClientTransportPlugin %s exec %s %s\n", alias, client, strings.Join(flags, " "))
 	comb, err := ptproc.Start(context.Background(), ptproc.Spec{
@@ -144,7 +160,7 @@ func run(binDir string, size, conns int) error {
 			lastErr = oneConn(cm.Addr.String(), bridge, user, pass, size)
 			if lastErr == nil {
 				d := time.Since(start)
-				fmt.Printf("     conn %d: %d bytes out and back, sha256 equal, %v (%.1f MiB/s each way)\n",
+				fmt.Printf("     conn %d: %d bytes out and back, byte-exact, %v (%.1f MiB/s each way)\n",
 					i+1, size, d.Round(time.Millisecond), float64(size)/(1<<20)/d.Seconds())
 				break
 			}
@@ -183,18 +199,15 @@ func oneConn(socks, bridge string, user, pass []byte, size int) error {
 	conn.SetDeadline(time.Now().Add(20 * time.Second))
 	data := make([]byte, size)
 	rand.Read(data)
-	go func() {
-		conn.Write(data)
-		conn.CloseWrite()
-	}()
-	h := sha256.New()
-	n, err := io.Copy(h, conn)
-	if err != nil {
-		return fmt.Errorf("after %d bytes: %w", n, err)
+	// No half-close: obfs4proxy, like most PTs, closes both directions at
+	// the first EOF. Write everything, read everything back, then close.
+	go conn.Write(data)
+	got := make([]byte, size)
+	if n, err := io.ReadFull(conn, got); err != nil {
+		return fmt.Errorf("after %d of %d bytes: %w", n, size, err)
 	}
-	want := sha256.Sum256(data)
-	if n != int64(size) || !bytes.Equal(h.Sum(nil), want[:]) {
-		return fmt.Errorf("got %d bytes back, not the %d sent", n, size)
+	if !bytes.Equal(got, data) {
+		return fmt.Errorf("the %d bytes that came back differ from those sent", size)
 	}
 	return nil
 }

@@ -1,0 +1,238 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+// aLongTimeAgo is a deadline in the past: setting it unblocks every pending
+// read and write at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// DialSOCKS5 dials the SOCKS5 server at proxyAddr over TCP and asks it, with
+// Handshake, to connect to target. It closes the connection on any failure.
+func DialSOCKS5(ctx context.Context, proxyAddr, target string, user, pass []byte) (*net.TCPConn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", proxyAddr)
+	if err != nil {
+		return nil, fmt.Errorf("socks5: dial proxy: %w", err)
+	}
+	conn, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("socks5: dial proxy %s: got %T, not a TCP connection", proxyAddr, c)
+	}
+	if err := Handshake(ctx, conn, target, user, pass); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// Handshake asks the SOCKS5 server at the other end of conn to CONNECT to
+// target ("ip:port", "[ipv6]:port" or "host:port").
+//
+// With no credentials (user and pass both empty) it offers only method 0x00;
+// with credentials it offers only 0x02 and authenticates with user and pass
+// as given (RFC 1929: each 1..255 bytes). This is what a goptlib server needs
+// (PROTOCOLS.md A21): it prefers 0x02 whenever it is offered and then
+// requires ULEN >= 1 and PLEN >= 1. Split PT arguments with
+// metadata.SOCKS5Credentials, as tor does (A20).
+//
+// The messages go in lock-step, each after the previous reply: goptlib
+// rejects a message followed by bytes it has not asked for yet. The reply's
+// BND.ADDR is read fully whatever its type, and nothing past it.
+//
+// The exchange is bounded by ctx: its deadline becomes conn's deadline, and
+// cancelling it unblocks the exchange at once. conn's deadline is cleared
+// before Handshake returns. A non-zero REP is returned as a *ReplyError.
+// Handshake does not close conn.
+func Handshake(ctx context.Context, conn net.Conn, target string, user, pass []byte) (err error) {
+	req, err := encodeRequest(target)
+	if err != nil {
+		return fmt.Errorf("socks5: %w", err)
+	}
+	auth := len(user) > 0 || len(pass) > 0
+	if auth {
+		// RFC 1929: "ULEN ... 1 to 255", "PLEN ... 1 to 255".
+		if len(user) < 1 || len(user) > 255 || len(pass) < 1 || len(pass) > 255 {
+			return fmt.Errorf("socks5: %w: username of %d bytes and password of %d bytes, each must be 1..255",
+				ErrInvalidCredentials, len(user), len(pass))
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("socks5: handshake not started: %w", err)
+	}
+
+	if dl, ok := ctx.Deadline(); ok {
+		if err := conn.SetDeadline(dl); err != nil {
+			return fmt.Errorf("socks5: set deadline: %w", err)
+		}
+	}
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		conn.SetDeadline(aLongTimeAgo)
+	})
+	defer func() {
+		if !stop() {
+			// The cancellation ran (or is running): wait for it so that
+			// clearing the deadline below is the last word.
+			<-fired
+			if err == nil {
+				err = fmt.Errorf("socks5: handshake with %s: %w", target, context.Cause(ctx))
+			}
+		}
+		if cerr := conn.SetDeadline(time.Time{}); cerr != nil && err == nil {
+			err = fmt.Errorf("socks5: clear deadline: %w", cerr)
+		}
+	}()
+
+	if err := handshake(conn, req, user, pass, auth); err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return fmt.Errorf("socks5: handshake with %s: %w: %w", target, context.Cause(ctx), err)
+		}
+		return fmt.Errorf("socks5: handshake with %s: %w", target, err)
+	}
+	return nil
+}
+
+// handshake is the lock-step exchange; the caller handles deadlines.
+func handshake(conn net.Conn, req []byte, user, pass []byte, auth bool) error {
+	// RFC 1928 section 3: VER | NMETHODS | METHODS.
+	method := byte(methodNone)
+	if auth {
+		method = methodUserPass
+	}
+	if _, err := conn.Write([]byte{socksVersion, 1, method}); err != nil {
+		return fmt.Errorf("send method selection: %w", err)
+	}
+	var b [4]byte
+	if _, err := io.ReadFull(conn, b[:2]); err != nil {
+		return fmt.Errorf("read method selection reply: %w", err)
+	}
+	if b[0] != socksVersion {
+		return fmt.Errorf("%w: method selection reply has version 0x%02x, want 0x05", ErrMalformed, b[0])
+	}
+	switch b[1] {
+	case method:
+	case methodNoAcceptable:
+		// RFC 1928: "If the selected METHOD is X'FF', none of the methods
+		// listed by the client are acceptable".
+		return fmt.Errorf("%w: server refused method 0x%02x", ErrNoAcceptableMethods, method)
+	default:
+		return fmt.Errorf("%w: server selected method 0x%02x, but only 0x%02x was offered", ErrMalformed, b[1], method)
+	}
+
+	if auth {
+		// RFC 1929 section 2: VER | ULEN | UNAME | PLEN | PASSWD.
+		msg := make([]byte, 0, 3+len(user)+len(pass))
+		msg = append(msg, userPassVersion, byte(len(user)))
+		msg = append(msg, user...)
+		msg = append(msg, byte(len(pass)))
+		msg = append(msg, pass...)
+		if _, err := conn.Write(msg); err != nil {
+			return fmt.Errorf("send username/password: %w", err)
+		}
+		if _, err := io.ReadFull(conn, b[:2]); err != nil {
+			return fmt.Errorf("read authentication reply: %w", err)
+		}
+		if b[0] != userPassVersion {
+			return fmt.Errorf("%w: authentication reply has version 0x%02x, want 0x01", ErrMalformed, b[0])
+		}
+		// RFC 1929: "A STATUS field of X'00' indicates success."
+		if b[1] != userPassSuccess {
+			return fmt.Errorf("%w (status 0x%02x; a goptlib server says so when the arguments do not parse)", ErrAuthFailed, b[1])
+		}
+	}
+
+	if _, err := conn.Write(req); err != nil {
+		return fmt.Errorf("send CONNECT request: %w", err)
+	}
+	return readReply(conn)
+}
+
+// readReply reads RFC 1928 section 6's VER | REP | RSV | ATYP | BND.ADDR |
+// BND.PORT, all of it and nothing more, and returns a *ReplyError for a
+// non-zero REP.
+func readReply(conn io.Reader) error {
+	var b [4]byte
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		return fmt.Errorf("read CONNECT reply: %w", err)
+	}
+	if b[0] != socksVersion {
+		return fmt.Errorf("%w: CONNECT reply has version 0x%02x, want 0x05", ErrMalformed, b[0])
+	}
+	if b[1] != RepSucceeded {
+		// The connection is of no further use: what follows REP does not
+		// matter.
+		return &ReplyError{Code: b[1]}
+	}
+	if b[2] != 0 {
+		return fmt.Errorf("%w: CONNECT reply has reserved byte 0x%02x, want 0x00", ErrMalformed, b[2])
+	}
+	var n int
+	switch b[3] {
+	case atypIPv4:
+		n = net.IPv4len
+	case atypIPv6:
+		n = net.IPv6len
+	case atypDomain:
+		// "the first octet of the address field contains the number of
+		// octets of name that follow".
+		if _, err := io.ReadFull(conn, b[:1]); err != nil {
+			return fmt.Errorf("read CONNECT reply: %w", err)
+		}
+		n = int(b[0])
+	default:
+		return fmt.Errorf("%w: CONNECT reply has address type 0x%02x", ErrMalformed, b[3])
+	}
+	bnd := make([]byte, n+2) // BND.ADDR, BND.PORT
+	if _, err := io.ReadFull(conn, bnd); err != nil {
+		return fmt.Errorf("read CONNECT reply's bound address: %w", err)
+	}
+	return nil
+}
+
+// encodeRequest builds the CONNECT request for target: VER | CMD | RSV |
+// ATYP | DST.ADDR | DST.PORT (RFC 1928 section 4).
+func encodeRequest(target string) ([]byte, error) {
+	host, portStr, err := net.SplitHostPort(target)
+	if err != nil {
+		return nil, fmt.Errorf("%w %q: %w", ErrInvalidTarget, target, err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || port == 0 {
+		return nil, fmt.Errorf("%w %q: port must be 1..65535", ErrInvalidTarget, target)
+	}
+	req := []byte{socksVersion, cmdConnect, 0}
+	if ip, perr := netip.ParseAddr(host); perr == nil {
+		switch {
+		case ip.Zone() != "":
+			return nil, fmt.Errorf("%w %q: SOCKS5 cannot carry an IPv6 zone", ErrInvalidTarget, target)
+		case ip.Is4():
+			a := ip.As4()
+			req = append(req, atypIPv4)
+			req = append(req, a[:]...)
+		default:
+			a := ip.As16()
+			req = append(req, atypIPv6)
+			req = append(req, a[:]...)
+		}
+	} else {
+		// "X'03' ... The first octet of the address field contains the
+		// number of octets of name that follow, there is no terminating
+		// NUL octet."
+		if len(host) < 1 || len(host) > 255 {
+			return nil, fmt.Errorf("%w %q: host name must be 1..255 bytes", ErrInvalidTarget, target)
+		}
+		req = append(req, atypDomain, byte(len(host)))
+		req = append(req, host...)
+	}
+	return append(req, byte(port>>8), byte(port)), nil
+}

@@ -1,0 +1,89 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+)
+
+// Pipe joins a and b: it copies a to b and b to a until both directions
+// end, then closes both connections, exactly once, and reports the bytes
+// copied each way.
+//
+// A direction that reaches EOF half-closes its destination (CloseWrite) and
+// the other direction keeps going, so a half-close propagates end to end. A
+// direction that ends with an error closes both connections at once, which
+// ends the other direction too. Cancelling ctx closes both at once.
+//
+// The copies run io.Copy between the *net.TCPConn values themselves, so the
+// kernel can splice them. err joins every error except EOF and the "use of
+// closed network connection" that Pipe's own closing causes; it holds ctx's
+// cause when cancellation ended the pipe.
+func Pipe(ctx context.Context, a, b *net.TCPConn) (aToB, bToA int64, err error) {
+	var once sync.Once
+	closeBoth := func() {
+		once.Do(func() {
+			a.Close()
+			b.Close()
+		})
+	}
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		closeBoth()
+	})
+
+	ab := &copier{name: "a->b", dst: b, src: a, abort: closeBoth}
+	ba := &copier{name: "b->a", dst: a, src: b, abort: closeBoth}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go ab.run(&wg)
+	go ba.run(&wg)
+	wg.Wait()
+
+	cancelled := !stop()
+	if cancelled {
+		<-fired
+	}
+	closeBoth()
+
+	var errs []error
+	if cancelled {
+		errs = append(errs, fmt.Errorf("pipe: %w", context.Cause(ctx)))
+	}
+	errs = append(errs, ab.err, ba.err)
+	return ab.n, ba.n, errors.Join(errs...)
+}
+
+// copier is one direction of a Pipe; goroutines show up in stack dumps as
+// shim.(*copier).run.
+type copier struct {
+	name     string
+	dst, src *net.TCPConn
+	abort    func() // closes both connections
+
+	n   int64
+	err error // nil on EOF; set before run returns
+}
+
+func (c *copier) run(wg *sync.WaitGroup) {
+	defer wg.Done()
+	n, err := io.Copy(c.dst, c.src)
+	c.n = n
+	if err == nil {
+		// EOF: pass the half-close on and let the other direction go on.
+		err = c.dst.CloseWrite()
+		if err == nil {
+			return
+		}
+		err = fmt.Errorf("half-close: %w", err)
+	}
+	c.abort()
+	if errors.Is(err, net.ErrClosed) {
+		return // our own (or ctx's) closing
+	}
+	c.err = fmt.Errorf("pipe %s: %w", c.name, err)
+}
