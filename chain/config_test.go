@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/ptcombiner/ptcombiner/metadata"
 )
 
 func TestSplitWords(t *testing.T) {
@@ -59,7 +61,7 @@ func TestParseRoles(t *testing.T) {
 	if len(srv.Plugins) != 1 || !reflect.DeepEqual(srv.Plugins[0].Args, []string{"-enableLogging"}) {
 		t.Errorf("server plugins: %+v", srv.Plugins)
 	}
-	if got := srv.ServerOptions["obfs3_obfs4"]; !reflect.DeepEqual(got, map[string][]string{"1.iat-mode": {"1"}, "cert": {"x"}}) {
+	if got := srv.ServerOptions["obfs3_obfs4"]; !reflect.DeepEqual(got, metadata.Args{"1.iat-mode": {"1"}, "cert": {"x"}}) {
 		t.Errorf("server options: %v", got)
 	}
 	ch, ok := srv.Lookup("obfs3_obfs4")
