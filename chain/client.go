@@ -394,32 +394,54 @@ func (c *Client) Dial(ctx context.Context, name, target string, args metadata.Ar
 		first = shims[1].Addr().String()
 	}
 	conn0, err := shim.DialSOCKS5(setup, hops[0].addr.String(), first, hops[0].user, hops[0].pass)
+	rootHop, rootErr := 0, err
+	// Every shim reports once its hop has answered. On success wait for all
+	// of them: a PT that grants before its own next hop is up (many do)
+	// must not make us grant a chain that is broken further out. On failure
+	// the deepest hop that failed is the cause, the inner ones failing as a
+	// consequence; give the shims a moment to report it.
+	var grace <-chan time.Time
 	if err != nil {
-		rootHop, rootErr := 0, err
-		// The deepest hop that failed is the cause; the hops inside it fail
-		// as a consequence. Shims report as soon as their hop answers, so
-		// give them a moment before the rest is torn down.
-		grace := time.NewTimer(250 * time.Millisecond)
-	collect:
-		for got := 0; got < n-1; got++ {
-			select {
-			case r := <-results:
-				if r.err != nil && r.hop > rootHop {
-					rootHop, rootErr = r.hop, r.err
-				}
-			case <-grace.C:
-				break collect
+		t := time.NewTimer(250 * time.Millisecond)
+		defer t.Stop()
+		grace = t.C
+	}
+	reported := make([]bool, n)
+collect:
+	for got := 0; got < n-1; got++ {
+		select {
+		case r := <-results:
+			reported[r.hop] = true
+			if r.err != nil && (rootErr == nil || r.hop > rootHop) {
+				rootHop, rootErr = r.hop, r.err
 			}
+		case <-grace:
+			break collect
+		case <-setup.Done():
+			if rootErr == nil { // the innermost hop that never answered
+				rootHop = n - 1
+				for i := n - 1; i >= 1; i-- {
+					if !reported[i] {
+						rootHop = i
+					}
+				}
+				rootErr = fmt.Errorf("no answer within %v", c.opt.SetupTimeout)
+			}
+			break collect
 		}
-		grace.Stop()
+	}
+	if rootErr != nil {
+		if conn0 != nil {
+			conn0.Close()
+		}
 		endSetup()
 		endLife()
 		for _, s := range shims[1:] {
 			s.Close()
 		}
 		group.Wait()
-		if rootHop == 0 && errors.Is(err, context.DeadlineExceeded) {
-			rootErr = fmt.Errorf("no SOCKS reply within %v: %w", c.opt.SetupTimeout, err)
+		if rootHop == 0 && errors.Is(rootErr, context.DeadlineExceeded) {
+			rootErr = fmt.Errorf("no SOCKS reply within %v: %w", c.opt.SetupTimeout, rootErr)
 		}
 		c.conns.Done()
 		return nil, &HopError{Alias: name, Hop: rootHop, Method: ch.Hops[rootHop], Err: rootErr}

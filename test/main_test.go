@@ -30,10 +30,7 @@ func runMain(m *testing.M) int {
 	// Children built with -race would sleep 1 s at exit; the tests measure
 	// how fast processes go, so turn that off (children inherit it).
 	os.Setenv("GORACE", "atexit_sleep_ms=0")
-	pkgs := []string{"../cmd/ptcombiner-client", "../test/testpt"}
-	if _, err := os.Stat("../cmd/ptcombiner-server/main.go"); err == nil {
-		pkgs = append(pkgs, "../cmd/ptcombiner-server")
-	}
+	pkgs := []string{"../cmd/ptcombiner-client", "../cmd/ptcombiner-server", "../test/testpt"}
 	args := append([]string{"build", "-race", "-o", dir + "/"}, pkgs...)
 	if os.Getenv("PTCOMBINER_TEST_NORACE") != "" {
 		args = append([]string{"build", "-o", dir + "/"}, pkgs...)

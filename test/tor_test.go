@@ -312,6 +312,7 @@ func TestTorBridgeChain(t *testing.T) {
 	if !found {
 		t.Errorf("USERADDR line %q names none of the client-side sockets %v", seen, truth)
 	}
+	t.Logf("client-side sockets %v; bridge's tor: %s", truth, seen[strings.Index(seen, "Received USERADDR"):])
 	if l := findLine(debugLog, "with transport '"+alias+"'"); l == "" {
 		t.Errorf("the bridge's tor never saw transport %q", alias)
 	}
