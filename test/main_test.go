@@ -3,6 +3,7 @@
 package test
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -31,8 +32,11 @@ func runMain(m *testing.M) int {
 	// how fast processes go, so turn that off (children inherit it).
 	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	pkgs := []string{"../cmd/ptcombiner-client", "../cmd/ptcombiner-server", "../test/testpt"}
+	// The programs are built with the race detector for tests, without it
+	// for benchmarks (or when PTCOMBINER_TEST_NORACE is set).
+	flag.Parse()
 	args := append([]string{"build", "-race", "-o", dir + "/"}, pkgs...)
-	if os.Getenv("PTCOMBINER_TEST_NORACE") != "" {
+	if b := flag.Lookup("test.bench"); (b != nil && b.Value.String() != "") || os.Getenv("PTCOMBINER_TEST_NORACE") != "" {
 		args = append([]string{"build", "-o", dir + "/"}, pkgs...)
 	}
 	cmd := exec.Command("go", args...)
