@@ -289,12 +289,21 @@ func TestClientUnreachableBridge(t *testing.T) {
 	echo := echoServer(t)
 	c := startCombiner(t, []string{"t3"}, testpFlags()...)
 	bridge, args := serverChain(t, echo, testHops(3))
+	warm, err := c.dial(context.Background(), "t3", bridge, args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(t, warm, 10); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	baseline := fdCount(c.proc.Pid())
 	closed, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := closed.Addr().String()
 	closed.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err := c.dial(ctx, "t3", dead, args)
+	_, err = c.dial(ctx, "t3", dead, args)
 	var re *shim.ReplyError
 	if !errors.As(err, &re) || re.Code != shim.RepConnectionRefused {
 		t.Fatalf("dial to a closed port: %v, want SOCKS reply 0x05", err)
@@ -309,6 +318,8 @@ func TestClientUnreachableBridge(t *testing.T) {
 	if err := roundTrip(t, conn, 100); err != nil {
 		t.Fatal(err)
 	}
+	// No shim listener or socket of the failed connection is left.
+	waitFDs(t, c.proc.Pid(), baseline, 5*time.Second)
 }
 
 // Malformed SOCKS requests and arguments are refused without harm.
@@ -317,6 +328,7 @@ func TestClientMalformedSOCKS(t *testing.T) {
 	c := startCombiner(t, []string{"t2"}, testpFlags()...)
 	bridge, args := serverChain(t, echo, testHops(2))
 	addr := c.methods["t2"].Addr.String()
+	baseline := fdCount(c.proc.Pid())
 	for _, raw := range [][]byte{
 		{0x04, 0x01, 0x00, 0x50, 127, 0, 0, 1, 0}, // SOCKS4
 		{0x05, 0x00},                                     // no methods
@@ -361,6 +373,7 @@ func TestClientMalformedSOCKS(t *testing.T) {
 	if err := roundTrip(t, conn, 1000); err != nil {
 		t.Fatal(err)
 	}
+	waitFDs(t, c.proc.Pid(), baseline, 5*time.Second)
 }
 
 // 1000 connections at 100 concurrency through a 3-hop chain of the test PT,
@@ -373,6 +386,7 @@ func TestClientLoad(t *testing.T) {
 	echo := echoServer(t)
 	c := startCombiner(t, []string{"t3"}, testpFlags()...)
 	bridge, args := serverChain(t, echo, testHops(3))
+	baseline := fdCount(c.proc.Pid())
 	jobs := make(chan int)
 	var mu sync.Mutex
 	var failures []string
@@ -405,6 +419,7 @@ func TestClientLoad(t *testing.T) {
 	if len(failures) > 0 {
 		t.Fatalf("%d of %d connections failed; first: %v", len(failures), total, failures[:min(5, len(failures))])
 	}
+	waitFDs(t, c.proc.Pid(), baseline, 10*time.Second)
 	pids := append(childPids(c.proc.Pid()), c.proc.Pid())
 	c.proc.Close()
 	if err := waitGone(pids, 2*time.Second); err != nil {

@@ -316,3 +316,39 @@ func retry(t testing.TB, n int, f func() error) error {
 }
 
 var errSkip = errors.New("skip")
+
+// fdCount is the number of open sockets (connections and listeners) of
+// pid. Pipes are not counted: Go keeps a pool of pipes for splice(2), which
+// the garbage collector frees in its own time.
+func fdCount(pid int) int {
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, e := range entries {
+		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name())); strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
+}
+
+// waitFDs waits up to d for pid's sockets to come back to at most baseline:
+// every socket and listener of the connections made since is closed.
+func waitFDs(t testing.TB, pid, baseline int, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		n := fdCount(pid)
+		if n <= baseline {
+			return
+		}
+		if time.Now().After(deadline) {
+			entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+			t.Errorf("pid %d holds %d sockets, %d at the baseline (%d descriptors in all)", pid, n, baseline, len(entries))
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

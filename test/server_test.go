@@ -10,6 +10,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -426,13 +427,13 @@ func TestServerStartErrors(t *testing.T) {
 ServerTransportPlugin test exec %[1]s
 ServerTransportPlugin envfail exec %[1]s -mode env-error
 ServerTransportPlugin early exec %[1]s -mode exit-before-done
-ServerTransportPlugin garbage exec %[1]s -mode garbage
+ServerTransportPlugin testgarbage exec %[1]s -mode garbage
 Alias ok test|test
 Alias badhop test|envfail
 Alias missing test|nosuch
 Alias busy test
 Alias badopts test|test
-Alias g test|garbage
+Alias g test|testgarbage
 `, bin("testpt"))), 0o600)
 	logs := &logSink{}
 	p, err := ptproc.Start(context.Background(), ptproc.Spec{
@@ -457,19 +458,68 @@ Alias g test|garbage
 		"early":   "exit",
 		"busy":    "address already in use",
 		"badopts": "hop 7",
-		"g":       "",
 	} {
-		if want == "" {
-			continue
-		}
 		if !strings.Contains(errs[name], want) {
 			t.Errorf("SMETHOD-ERROR %s = %q, want it to contain %q", name, errs[name], want)
 		}
+	}
+	// A child that prints malformed SMETHOD lines before its good ones: the
+	// bad lines are logged, the good method is used.
+	if _, ok := p.ServerMethods()["g"]; !ok {
+		t.Errorf("chain g (a child printing garbage before its SMETHOD) did not start: %q", errs["g"])
 	}
 	pid := p.Pid()
 	kids := childPids(pid)
 	p.Close()
 	if err := waitGone(append(kids, pid), 2*time.Second); err != nil {
 		t.Error(err)
+	}
+}
+
+// Unparsable TOR_PT_SERVER_TRANSPORT_OPTIONS and other bad environments get
+// an ENV-ERROR that names the problem, and the program then waits for tor to
+// close its stdin (PROTOCOLS.md A25) and exits.
+func TestServerBadEnvironment(t *testing.T) {
+	for _, tc := range []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"TOR_PT_SERVER_TRANSPORT_OPTIONS=t2:novalue"}, "ENV-ERROR TOR_PT_SERVER_TRANSPORT_OPTIONS"},
+		{[]string{"TOR_PT_SERVER_TRANSPORT_OPTIONS=t2:k=v\\"}, "ENV-ERROR TOR_PT_SERVER_TRANSPORT_OPTIONS"},
+		{[]string{"TOR_PT_SERVER_BINDADDR=t2-nonsense"}, "ENV-ERROR"},
+		{[]string{"TOR_PT_ORPORT=", "TOR_PT_EXTENDED_SERVER_PORT="}, "ENV-ERROR"},
+		{[]string{"TOR_PT_MANAGED_TRANSPORT_VER=2"}, "VERSION-ERROR"},
+	} {
+		env := []string{
+			"TOR_PT_MANAGED_TRANSPORT_VER=1", "TOR_PT_STATE_LOCATION=" + t.TempDir(), "TOR_PT_EXIT_ON_STDIN_CLOSE=1",
+			"TOR_PT_SERVER_TRANSPORTS=t2", "TOR_PT_SERVER_BINDADDR=t2-127.0.0.1:0", "TOR_PT_ORPORT=127.0.0.1:1",
+			"TOR_PT_EXTENDED_SERVER_PORT=",
+		}
+		env = append(env, tc.env...) // later entries win
+		cmd := exec.Command(bin("ptcombiner-server"), "--plugin", "test="+bin("testpt"), "--chain", "t2=test|test")
+		cmd.Env = env
+		stdin, _ := cmd.StdinPipe()
+		var out bytes.Buffer
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		if !alive(cmd.Process.Pid) {
+			t.Errorf("env %q: exited before tor closed its stdin", tc.env)
+		}
+		stdin.Close()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Errorf("env %q: still running 5 s after stdin closed", tc.env)
+		}
+		if !strings.Contains(out.String(), tc.want) {
+			t.Errorf("env %q: stdout %q, want %q", tc.env, out.String(), tc.want)
+		}
 	}
 }

@@ -87,7 +87,7 @@ func Logger(c *cli.Context, managed bool) (*slog.Logger, io.Closer, error) {
 		h = elideHandler{h}
 	}
 	if managed {
-		h = torHandler{next: h}
+		h = torHandler{next: h, elide: !c.Bool("unsafe-logging")}
 	}
 	return slog.New(h), closer, nil
 }
@@ -206,6 +206,7 @@ func WatchStdin() bool { return os.Getenv("TOR_PT_EXIT_ON_STDIN_CLOSE") == "1" }
 type torHandler struct {
 	next  slog.Handler
 	attrs []slog.Attr
+	elide bool // scrub addresses from LOG lines too (tor keeps them)
 }
 
 func (h torHandler) Enabled(ctx context.Context, l slog.Level) bool {
@@ -228,7 +229,11 @@ func (h torHandler) Handle(ctx context.Context, r slog.Record) error {
 		if r.Level >= slog.LevelError {
 			sev = pt.LogSeverityError
 		}
-		pt.Log(sev, ptproc.Sanitize(b.String()))
+		msg := b.String()
+		if h.elide {
+			msg = ElideAddrs(msg)
+		}
+		pt.Log(sev, ptproc.Sanitize(msg))
 	}
 	if h.next.Enabled(ctx, r.Level) {
 		return h.next.Handle(ctx, r)
@@ -237,9 +242,9 @@ func (h torHandler) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (h torHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return torHandler{next: h.next.WithAttrs(as), attrs: append(append([]slog.Attr{}, h.attrs...), as...)}
+	return torHandler{next: h.next.WithAttrs(as), attrs: append(append([]slog.Attr{}, h.attrs...), as...), elide: h.elide}
 }
 
 func (h torHandler) WithGroup(name string) slog.Handler {
-	return torHandler{next: h.next.WithGroup(name), attrs: h.attrs}
+	return torHandler{next: h.next.WithGroup(name), attrs: h.attrs, elide: h.elide}
 }
