@@ -45,6 +45,8 @@ type ClientOptions struct {
 	Linger time.Duration
 	// OnChildLog, when set, receives every child's LOG lines (sanitised).
 	OnChildLog func(program, severity, message string)
+	// OnEvent, when set, hears when a child exits and is restarted.
+	OnEvent func(Event)
 }
 
 // Client runs chains on the client side. Its methods are safe for
@@ -56,6 +58,7 @@ type Client struct {
 	ctx    context.Context // ends every connection when cancelled
 	cancel context.CancelFunc
 	conns  sync.WaitGroup // every goroutine of every chained connection
+	sups   sync.WaitGroup // the children's supervisors
 
 	mu     sync.Mutex
 	procs  map[procKey]*procSlot
@@ -70,13 +73,10 @@ type procKey struct {
 }
 
 type procSlot struct {
-	key      procKey
-	plugin   Plugin
-	methods  []string
-	proc     *ptproc.Process
-	err      error
-	started  time.Time
-	launches int
+	key     procKey
+	plugin  Plugin
+	methods []string
+	sup     *supervisor
 }
 
 // NewClient returns a Client; no child runs until Start or Dial.
@@ -182,60 +182,59 @@ func (c *Client) Start(ctx context.Context, names []string) map[string]error {
 	return result
 }
 
-// process returns the running child for key, launching it when it has not
-// run yet or has exited (no more often than once a second).
+// process returns the running child for key, starting it the first time.
+// Once started, a child that exits is restarted by its supervisor.
 func (c *Client) process(ctx context.Context, key procKey) (*ptproc.Process, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return nil, errors.New("client is closed")
 	}
 	slot := c.procs[key]
 	if slot == nil {
+		c.mu.Unlock()
 		return nil, fmt.Errorf("no program was started for this chain")
 	}
-	if slot.proc != nil {
-		select {
-		case <-slot.proc.Done():
-			c.log.Warn("PT program exited; restarting it", "program", slot.plugin.Path, "pid", slot.proc.Pid(), "err", slot.proc.ExitErr())
-			slot.proc = nil
-			slot.err = nil
-		default:
-			return slot.proc, nil
+	if slot.sup == nil {
+		name := filepath.Base(slot.plugin.Path)
+		dir := filepath.Join(c.opt.StateDir, name+"-"+strconv.Itoa(key.plugin))
+		spec := ptproc.Spec{
+			Name:         name,
+			Path:         slot.plugin.Path,
+			Args:         slot.plugin.Args,
+			Role:         ptproc.Client,
+			Methods:      append([]string(nil), slot.methods...),
+			StateDir:     dir,
+			StartTimeout: c.opt.StartTimeout,
+			Logger:       c.log,
+		}
+		if key.outer {
+			spec.ProxyURL = c.opt.ProxyURL
+			spec.StateDir = dir + "-proxied"
+		}
+		if c.opt.OnChildLog != nil {
+			spec.OnLog = func(sev, msg string) { c.opt.OnChildLog(name, sev, msg) }
+		}
+		slot.sup = &supervisor{
+			name: slot.plugin.Path,
+			log:  c.log,
+			start: func(ctx context.Context) (*ptproc.Process, error) {
+				p, err := ptproc.Start(c.ctx, spec) // the child lives as long as the client
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", spec.Path, err)
+				}
+				c.log.Info("PT program started", "program", spec.Path, "pid", p.Pid(), "methods", spec.Methods)
+				return p, nil
+			},
+			onEvent: c.opt.OnEvent,
 		}
 	}
-	if slot.err != nil && time.Since(slot.started) < minRestartInterval {
-		return nil, slot.err
+	sup := slot.sup
+	c.mu.Unlock()
+	if p, err := sup.Current(); err == nil {
+		return p, nil
 	}
-	slot.started = time.Now()
-	slot.launches++
-	name := filepath.Base(slot.plugin.Path)
-	dir := filepath.Join(c.opt.StateDir, name+"-"+strconv.Itoa(key.plugin))
-	spec := ptproc.Spec{
-		Name:         name,
-		Path:         slot.plugin.Path,
-		Args:         slot.plugin.Args,
-		Role:         ptproc.Client,
-		Methods:      slot.methods,
-		StateDir:     dir,
-		StartTimeout: c.opt.StartTimeout,
-		Logger:       c.log,
-	}
-	if key.outer {
-		spec.ProxyURL = c.opt.ProxyURL
-		spec.StateDir = dir + "-proxied"
-	}
-	if c.opt.OnChildLog != nil {
-		spec.OnLog = func(sev, msg string) { c.opt.OnChildLog(name, sev, msg) }
-	}
-	p, err := ptproc.Start(c.ctx, spec) // the child lives as long as the client
-	if err != nil {
-		slot.err = fmt.Errorf("%s: %w", slot.plugin.Path, err)
-		return nil, slot.err
-	}
-	c.log.Info("PT program started", "program", slot.plugin.Path, "pid", p.Pid(), "methods", slot.methods)
-	slot.proc, slot.err = p, nil
-	return p, nil
+	return sup.Start(c.ctx, &c.sups)
 }
 
 // endpoint returns the SOCKS address of the method serving hop i of ch.
@@ -250,12 +249,15 @@ func (c *Client) endpoint(ctx context.Context, ch Chain, i int, launch bool) (*n
 	} else {
 		c.mu.Lock()
 		slot := c.procs[key]
+		var sup *supervisor
 		if slot != nil {
-			p, err = slot.proc, slot.err
+			sup = slot.sup
 		}
 		c.mu.Unlock()
-		if p == nil && err == nil {
+		if sup == nil {
 			err = errors.New("the program did not start")
+		} else {
+			p, err = sup.Current()
 		}
 	}
 	if err != nil {
@@ -509,18 +511,19 @@ func (c *Client) Close() error {
 	var wg sync.WaitGroup
 	errs := make(chan error, len(procs))
 	for _, slot := range procs {
-		if slot.proc == nil {
+		if slot.sup == nil {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := slot.proc.Close(); err != nil {
+			if err := slot.sup.Close(); err != nil {
 				errs <- fmt.Errorf("%s: %w", slot.plugin.Path, err)
 			}
 		}()
 	}
 	wg.Wait()
+	c.sups.Wait()
 	c.conns.Wait()
 	close(errs)
 	var all []error
@@ -536,8 +539,10 @@ func (c *Client) Processes() []int {
 	defer c.mu.Unlock()
 	var pids []int
 	for _, slot := range c.procs {
-		if slot.proc != nil {
-			pids = append(pids, slot.proc.Pid())
+		if slot.sup != nil {
+			if pid := slot.sup.Pid(); pid != 0 {
+				pids = append(pids, pid)
+			}
 		}
 	}
 	return pids

@@ -47,6 +47,8 @@ type ServerOptions struct {
 	// stamp to be recorded (the child may be faster than our bookkeeping).
 	StampWait  time.Duration
 	OnChildLog func(program, severity, message string)
+	// OnEvent, when set, hears when a child exits and is restarted.
+	OnEvent func(Event)
 }
 
 // Bind is what tor asks for one transport: its alias, the address to
@@ -77,7 +79,8 @@ type Server struct {
 	cancel context.CancelFunc
 	stamps *stampBook
 	nextID atomic.Uint64
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // accept loops and connections
+	sups   sync.WaitGroup // the children's supervisors
 
 	mu        sync.Mutex
 	children  []*serverChild
@@ -94,18 +97,31 @@ type serverChild struct {
 	options map[string]metadata.Args // by method; the TOR_PT_SERVER_TRANSPORT_OPTIONS it gets
 	extLn   *net.TCPListener         // its own Extended ORPort
 	orLn    *net.TCPListener         // its plain ORPort, which refuses
-	proc    *ptproc.Process
-	err     error
+	sup     *supervisor
+	err     error // why it could not start
 	warned  atomic.Bool
+}
+
+// addr is where the child's method listens now (it moves when the child
+// is restarted).
+func (c *serverChild) addr(method string) (*net.TCPAddr, error) {
+	p, err := c.sup.Current()
+	if err != nil {
+		return nil, err
+	}
+	sm, ok := p.ServerMethods()[method]
+	if !ok {
+		return nil, fmt.Errorf("%s no longer offers %s", c.name(), method)
+	}
+	return sm.Addr, nil
 }
 
 func (c *serverChild) name() string { return filepath.Base(c.path) + "#" + strconv.Itoa(c.id) }
 
-// hopEndpoint is where position i of a chain is served.
+// hopEndpoint is what serves position i of a chain.
 type hopEndpoint struct {
 	child  *serverChild
 	method string
-	addr   *net.TCPAddr
 }
 
 type serverChain struct {
@@ -220,7 +236,7 @@ func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
 
 	var wg sync.WaitGroup
 	for _, c := range children {
-		if c.proc != nil || c.err != nil {
+		if c.sup != nil || c.err != nil {
 			continue
 		}
 		wg.Add(1)
@@ -243,16 +259,21 @@ func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
 				out[i].Err = fmt.Errorf("hop %d (%s): %w", pos, m, c.err)
 				break
 			}
-			sm, ok := c.proc.ServerMethods()[m]
+			proc, err := c.sup.Current()
+			if err != nil {
+				out[i].Err = fmt.Errorf("hop %d (%s): %w", pos, m, err)
+				break
+			}
+			sm, ok := proc.ServerMethods()[m]
 			if !ok {
 				why := "the program does not offer it"
-				if e, ok := c.proc.MethodErrors()[m]; ok {
+				if e, ok := proc.MethodErrors()[m]; ok {
 					why = "the program says: " + e
 				}
 				out[i].Err = fmt.Errorf("hop %d (%s): %s", pos, m, why)
 				break
 			}
-			sc.hops = append(sc.hops, hopEndpoint{child: c, method: m, addr: sm.Addr})
+			sc.hops = append(sc.hops, hopEndpoint{child: c, method: m})
 			perHop = append(perHop, sm.Args)
 		}
 		if out[i].Err != nil {
@@ -331,13 +352,24 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 	if s.opt.OnChildLog != nil {
 		spec.OnLog = func(sev, msg string) { s.opt.OnChildLog(name, sev, msg) }
 	}
-	p, err := ptproc.Start(s.ctx, spec) // the child lives as long as the server
-	if err != nil {
-		return fmt.Errorf("%s: %w", c.path, err)
+	sup := &supervisor{
+		name: c.path,
+		log:  s.log,
+		start: func(context.Context) (*ptproc.Process, error) {
+			p, err := ptproc.Start(s.ctx, spec) // the child lives as long as the server
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", c.path, err)
+			}
+			s.log.Info("PT program started", "program", c.path, "pid", p.Pid(), "methods", methods)
+			return p, nil
+		},
+		onEvent: s.opt.OnEvent,
 	}
-	s.log.Info("PT program started", "program", c.path, "pid", p.Pid(), "methods", methods)
+	if _, err := sup.Start(s.ctx, &s.sups); err != nil {
+		return err
+	}
 	s.mu.Lock()
-	c.proc = p
+	c.sup = sup
 	s.mu.Unlock()
 	return nil
 }
@@ -400,9 +432,15 @@ func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
 // calls ready (which sends OKAY upstream) and pipes up into it.
 func (s *Server) forward(c *serverConn, pos int, up *net.TCPConn, ready func() error) {
 	hop := c.chain.hops[pos]
+	addr, err := hop.child.addr(hop.method)
+	if err != nil {
+		s.log.Warn("a hop's server is down", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
+		up.Close()
+		return
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.opt.DialTimeout)
 	d := net.Dialer{}
-	raw, err := d.DialContext(ctx, "tcp", hop.addr.String())
+	raw, err := d.DialContext(ctx, "tcp", addr.String())
 	cancel()
 	if err != nil {
 		s.log.Warn("cannot reach a hop's server", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
@@ -544,13 +582,13 @@ func (s *Server) Close() error {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	for _, c := range children {
-		if c.proc == nil {
+		if c.sup == nil {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := c.proc.Close(); err != nil {
+			if err := c.sup.Close(); err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("%s: %w", c.name(), err))
 				mu.Unlock()
@@ -558,6 +596,7 @@ func (s *Server) Close() error {
 		}()
 	}
 	wg.Wait()
+	s.sups.Wait()
 	s.wg.Wait()
 	return errors.Join(errs...)
 }
@@ -582,8 +621,10 @@ func (s *Server) Processes() []int {
 	defer s.mu.Unlock()
 	var pids []int
 	for _, c := range s.children {
-		if c.proc != nil {
-			pids = append(pids, c.proc.Pid())
+		if c.sup != nil {
+			if pid := c.sup.Pid(); pid != 0 {
+				pids = append(pids, pid)
+			}
 		}
 	}
 	return pids

@@ -100,9 +100,8 @@ func run(c *cli.Context) error {
 		Logger:       log,
 		SetupTimeout: c.Duration("setup-timeout"),
 		StartTimeout: c.Duration("start-timeout"),
-		OnChildLog: func(program, severity, message string) {
-			log.Info("PT log", "program", program, "severity", severity, "message", message)
-		},
+		OnChildLog:   runner.RelayChildLog,
+		OnEvent:      func(e chain.Event) { runner.ReportEvent(cfg, info.MethodNames, e) },
 	})
 	defer client.Close()
 

@@ -96,6 +96,10 @@ func run(c *cli.Context) error {
 	monitor := runner.NewMonitor(context.Background(), runner.WatchStdin())
 	defer monitor.Stop()
 
+	var aliases []string
+	for _, b := range info.Bindaddrs {
+		aliases = append(aliases, b.MethodName)
+	}
 	opt := chain.ServerOptions{
 		Config:           cfg,
 		StateDir:         own,
@@ -103,9 +107,8 @@ func run(c *cli.Context) error {
 		HandshakeTimeout: c.Duration("handshake-timeout"),
 		DialTimeout:      c.Duration("dial-timeout"),
 		StartTimeout:     c.Duration("start-timeout"),
-		OnChildLog: func(program, severity, message string) {
-			log.Info("PT log", "program", program, "severity", severity, "message", message)
-		},
+		OnChildLog:       runner.RelayChildLog,
+		OnEvent:          func(e chain.Event) { runner.ReportEvent(cfg, aliases, e) },
 	}
 	if info.ExtendedOrAddr != nil {
 		opt.TorExtORPort = info.ExtendedOrAddr.String()
