@@ -80,6 +80,7 @@ type Server struct {
 	stamps *stampBook
 	nextID atomic.Uint64
 	wg     sync.WaitGroup // accept loops and connections
+	active sync.WaitGroup // client connections, for draining
 	sups   sync.WaitGroup // the children's supervisors
 
 	mu        sync.Mutex
@@ -424,6 +425,8 @@ type serverConn struct {
 // handlePublic takes a client's connection on a chain's public listener and
 // dials the outermost hop's child.
 func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
+	s.active.Add(1)
+	defer s.active.Done()
 	c := &serverConn{id: s.nextID.Add(1), chain: sc, client: conn.RemoteAddr().String()}
 	s.forward(c, len(sc.hops)-1, conn, nil)
 }
@@ -613,6 +616,14 @@ func (s *Server) CloseListeners(public []*net.TCPAddr) {
 			}
 		}
 	}
+}
+
+// Drained is closed when no client connection is open any more; call it
+// after CloseListeners.
+func (s *Server) Drained() <-chan struct{} {
+	ch := make(chan struct{})
+	go func() { s.active.Wait(); close(ch) }()
+	return ch
 }
 
 // Processes returns the pids of the running children.

@@ -161,7 +161,10 @@ func run(c *cli.Context) error {
 	case <-monitor.Drain():
 		log.Info("draining", "reason", monitor.Why())
 		server.CloseListeners(public)
-		<-monitor.Exit()
+		select {
+		case <-server.Drained():
+		case <-monitor.Exit():
+		}
 	}
 	log.Info("exiting", "reason", monitor.Why())
 	return server.Close()

@@ -156,6 +156,25 @@ func NewMonitor(ctx context.Context, watchStdin bool) *Monitor {
 			}
 		}
 	}()
+	// A parent that dies is noticed even when stdin is not watched, or is
+	// held open by someone else: we are re-parented (lyrebird's termmon
+	// does the same).
+	parent := os.Getppid()
+	go func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if os.Getppid() != parent {
+					m.end("parent process died")
+					return
+				}
+			}
+		}
+	}()
 	if watchStdin {
 		go func() {
 			// Nothing is ever read from stdin; we wait for its end. The
