@@ -352,3 +352,13 @@ func waitFDs(t testing.TB, pid, baseline int, d time.Duration) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// writeConfig writes a config file for a test and returns its path.
+func writeConfig(t testing.TB, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "ptcombiner.conf")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
