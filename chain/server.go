@@ -45,7 +45,10 @@ type ServerOptions struct {
 	DialTimeout      time.Duration // each dial into a child or to tor (DefaultDialTimeout)
 	// StampWait bounds how long an Extended ORPort arrival waits for its
 	// stamp to be recorded (the child may be faster than our bookkeeping).
-	StampWait  time.Duration
+	StampWait time.Duration
+	// MaxConns caps the client connections open at once; further ones are
+	// closed at once (0: no cap).
+	MaxConns   int
 	OnChildLog func(program, severity, message string)
 	// OnEvent, when set, hears when a child exits and is restarted.
 	OnEvent func(Event)
@@ -72,16 +75,18 @@ type Published struct {
 // listener, the children, one Extended ORPort listener per child, and the
 // stamps that tie every child's arrival to its chain connection.
 type Server struct {
-	opt    ServerOptions
-	log    *slog.Logger
-	cookie []byte
-	ctx    context.Context
-	cancel context.CancelFunc
-	stamps *stampBook
-	nextID atomic.Uint64
-	wg     sync.WaitGroup // accept loops and connections
-	active sync.WaitGroup // client connections, for draining
-	sups   sync.WaitGroup // the children's supervisors
+	opt     ServerOptions
+	log     *slog.Logger
+	cookie  []byte
+	ctx     context.Context
+	cancel  context.CancelFunc
+	stamps  *stampBook
+	nextID  atomic.Uint64
+	open    atomic.Int64 // client connections open, for MaxConns
+	capWarn atomic.Bool
+	wg      sync.WaitGroup // accept loops and connections
+	active  sync.WaitGroup // client connections, for draining
+	sups    sync.WaitGroup // the children's supervisors
 
 	mu        sync.Mutex
 	children  []*serverChild
@@ -425,6 +430,17 @@ type serverConn struct {
 // handlePublic takes a client's connection on a chain's public listener and
 // dials the outermost hop's child.
 func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
+	if s.opt.MaxConns > 0 {
+		if n := s.open.Add(1); n > int64(s.opt.MaxConns) {
+			s.open.Add(-1)
+			conn.Close()
+			if s.capWarn.CompareAndSwap(false, true) {
+				s.log.Warn("connection cap reached: closing new client connections", "max_conns", s.opt.MaxConns)
+			}
+			return
+		}
+		defer s.open.Add(-1)
+	}
 	s.active.Add(1)
 	defer s.active.Done()
 	c := &serverConn{id: s.nextID.Add(1), chain: sc, client: conn.RemoteAddr().String()}

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -43,6 +44,7 @@ func main() {
 			&cli.DurationFlag{Name: "socks-timeout", Value: 10 * time.Second, Usage: "bound on reading an application's SOCKS request"},
 			&cli.DurationFlag{Name: "setup-timeout", Value: chain.DefaultSetupTimeout, Usage: "bound on setting up a chained connection (all hops)"},
 			&cli.DurationFlag{Name: "start-timeout", Value: chain.DefaultStartTimeout, Usage: "bound on a PT program's start, up to CMETHODS DONE"},
+			&cli.IntFlag{Name: "max-conns", Value: 0, Usage: "cap on application connections open at once (0: none); further ones are closed at once"},
 		),
 		HideHelpCommand: true,
 		// --plugin obfs3,obfs4=PATH: a comma is part of the value.
@@ -136,7 +138,7 @@ func run(c *cli.Context) error {
 
 	life, endLife := context.WithCancel(context.Background())
 	defer endLife()
-	srv := &server{ctx: life, client: client, log: log, socksTimeout: c.Duration("socks-timeout")}
+	srv := &server{ctx: life, client: client, log: log, socksTimeout: c.Duration("socks-timeout"), maxConns: int64(c.Int("max-conns"))}
 	for _, name := range names {
 		if err := results[name]; err != nil {
 			log.Warn("chain cannot start", "chain", name, "err", err)
@@ -180,6 +182,10 @@ type server struct {
 	client       *chain.Client
 	log          *slog.Logger
 	socksTimeout time.Duration
+	maxConns     int64 // 0: no cap
+
+	open    atomic.Int64
+	capWarn atomic.Bool
 
 	mu        sync.Mutex
 	listeners []*net.TCPListener
@@ -214,6 +220,16 @@ func (s *server) serve(alias string, ln *net.TCPListener) {
 
 func (s *server) handle(alias string, conn *net.TCPConn) {
 	defer conn.Close()
+	if s.maxConns > 0 {
+		if n := s.open.Add(1); n > s.maxConns {
+			s.open.Add(-1)
+			if s.capWarn.CompareAndSwap(false, true) {
+				s.log.Warn("connection cap reached: closing new connections", "max_conns", s.maxConns)
+			}
+			return
+		}
+		defer s.open.Add(-1)
+	}
 	stop := context.AfterFunc(s.ctx, func() { conn.Close() }) // ends a pending handshake at exit
 	defer stop()
 	req, err := shim.ReadRequest(conn, s.socksTimeout)

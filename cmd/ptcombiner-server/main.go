@@ -41,6 +41,7 @@ func main() {
 			&cli.DurationFlag{Name: "handshake-timeout", Value: chain.DefaultHandshakeTimeout, Usage: "bound on each Extended ORPort handshake"},
 			&cli.DurationFlag{Name: "dial-timeout", Value: chain.DefaultDialTimeout, Usage: "bound on each dial into a hop or to tor"},
 			&cli.DurationFlag{Name: "start-timeout", Value: chain.DefaultStartTimeout, Usage: "bound on a PT program's start, up to SMETHODS DONE"},
+			&cli.IntFlag{Name: "max-conns", Value: 0, Usage: "cap on client connections open at once (0: none); further ones are closed at once"},
 		),
 		HideHelpCommand: true,
 		// --plugin obfs3,obfs4=PATH: a comma is part of the value.
@@ -107,6 +108,7 @@ func run(c *cli.Context) error {
 		HandshakeTimeout: c.Duration("handshake-timeout"),
 		DialTimeout:      c.Duration("dial-timeout"),
 		StartTimeout:     c.Duration("start-timeout"),
+		MaxConns:         c.Int("max-conns"),
 		OnChildLog:       runner.RelayChildLog,
 		OnEvent:          func(e chain.Event) { runner.ReportEvent(cfg, aliases, e) },
 	}
