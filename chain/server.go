@@ -537,7 +537,7 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 	}
 	tor, err := s.dialTor(c)
 	if err != nil {
-		s.log.Warn("cannot reach tor", "chain", c.chain.alias, "err", err)
+		s.log.Warn("cannot reach tor (or the --forward service)", "chain", c.chain.alias, "err", err)
 		extorport.Deny(conn)
 		conn.Close()
 		return

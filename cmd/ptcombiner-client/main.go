@@ -45,6 +45,10 @@ func main() {
 			&cli.DurationFlag{Name: "setup-timeout", Value: chain.DefaultSetupTimeout, Usage: "bound on setting up a chained connection (all hops)"},
 			&cli.DurationFlag{Name: "start-timeout", Value: chain.DefaultStartTimeout, Usage: "bound on a PT program's start, up to CMETHODS DONE"},
 			&cli.IntFlag{Name: "max-conns", Value: 0, Usage: "cap on application connections open at once (0: none); further ones are closed at once"},
+			&cli.StringSliceFlag{Name: "listen", Category: "Standalone (without tor)", Usage: "a SOCKS5 listener for a chain: `ALIAS=ADDR`; the application gives the bridge and its arguments as tor does (repeatable)"},
+			&cli.StringSliceFlag{Name: "tunnel", Category: "Standalone (without tor)", Usage: "a plain TCP listener whose connections go through a chain to a bridge: `ADDR=ALIAS@BRIDGE` (repeatable)"},
+			&cli.StringSliceFlag{Name: "args", Category: "Standalone (without tor)", Usage: "a tunnel's per-hop arguments: `ALIAS=K=V;K=V`, e.g. obfs3_obfs4='1.cert=...;1.iat-mode=0'"},
+			&cli.StringFlag{Name: "state-dir", Category: "Standalone (without tor)", Usage: "`DIR` for the PT programs' state (default: a temporary directory)"},
 		),
 		HideHelpCommand: true,
 		// --plugin obfs3,obfs4=PATH: a comma is part of the value.
@@ -61,9 +65,8 @@ func run(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q (chains go in --chain ALIAS=CHAIN)", c.Args().Slice())
 	}
-	managed := runner.Managed()
-	if !managed {
-		return errors.New("not run by tor: TOR_PT_MANAGED_TRANSPORT_VER is not set (see docs/client.md; `make demo` shows a run)")
+	if !runner.Managed() {
+		return runStandalone(c)
 	}
 	log, closer, err := runner.Logger(c, true)
 	if err != nil {

@@ -14,7 +14,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -42,6 +41,9 @@ func main() {
 			&cli.DurationFlag{Name: "dial-timeout", Value: chain.DefaultDialTimeout, Usage: "bound on each dial into a hop or to tor"},
 			&cli.DurationFlag{Name: "start-timeout", Value: chain.DefaultStartTimeout, Usage: "bound on a PT program's start, up to SMETHODS DONE"},
 			&cli.IntFlag{Name: "max-conns", Value: 0, Usage: "cap on client connections open at once (0: none); further ones are closed at once"},
+			&cli.StringSliceFlag{Name: "listen", Category: "Standalone (without tor)", Usage: "a chain's public listener: `ALIAS=ADDR` (repeatable)"},
+			&cli.StringFlag{Name: "forward", Category: "Standalone (without tor)", Usage: "the TCP service `HOST:PORT` that finished streams go to"},
+			&cli.StringFlag{Name: "state-dir", Category: "Standalone (without tor)", Usage: "`DIR` for the PT programs' state (their keys: keep it)"},
 		),
 		HideHelpCommand: true,
 		// --plugin obfs3,obfs4=PATH: a comma is part of the value.
@@ -59,7 +61,7 @@ func run(c *cli.Context) error {
 		return fmt.Errorf("unexpected arguments %q (chains go in --chain ALIAS=CHAIN)", c.Args().Slice())
 	}
 	if !runner.Managed() {
-		return errors.New("not run by tor: TOR_PT_MANAGED_TRANSPORT_VER is not set (see docs/bridge.md)")
+		return runStandalone(c)
 	}
 	log, closer, err := runner.Logger(c, true)
 	if err != nil {

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/internal/runner"
+	"github.com/ptcombiner/ptcombiner/metadata"
+	"github.com/ptcombiner/ptcombiner/shim"
+)
+
+// tunnel is a plain TCP listener whose connections go through a chain to a
+// fixed bridge with fixed arguments.
+type tunnel struct {
+	listen, alias, bridge string
+	args                  metadata.Args
+}
+
+// runStandalone runs the client without tor: SOCKS5 listeners (--listen)
+// and plain TCP tunnels (--tunnel), until SIGTERM or SIGINT.
+func runStandalone(c *cli.Context) error {
+	listens := map[string]string{}
+	var order []string
+	for _, l := range c.StringSlice("listen") {
+		alias, addr, ok := strings.Cut(l, "=")
+		if !ok || alias == "" || addr == "" {
+			return fmt.Errorf("--listen %q: want ALIAS=ADDR, as in obfs3_obfs4=127.0.0.1:1080", l)
+		}
+		listens[alias] = addr
+		order = append(order, alias)
+	}
+	tunnelArgs := map[string]metadata.Args{}
+	for _, a := range c.StringSlice("args") {
+		alias, enc, ok := strings.Cut(a, "=")
+		if !ok || alias == "" {
+			return fmt.Errorf("--args %q: want ALIAS=K=V;K=V", a)
+		}
+		args, err := metadata.ParseClientArgs(enc)
+		if err != nil {
+			return fmt.Errorf("--args %s: %w", alias, err)
+		}
+		tunnelArgs[alias] = args
+	}
+	var tunnels []tunnel
+	for _, t := range c.StringSlice("tunnel") {
+		addr, rest, ok1 := strings.Cut(t, "=")
+		alias, bridge, ok2 := strings.Cut(rest, "@")
+		if !ok1 || !ok2 || addr == "" || alias == "" || bridge == "" {
+			return fmt.Errorf("--tunnel %q: want ADDR=ALIAS@BRIDGE, as in 127.0.0.1:2222=obfs3_obfs4@203.0.113.5:443", t)
+		}
+		tunnels = append(tunnels, tunnel{addr, alias, bridge, tunnelArgs[alias]})
+		order = append(order, alias)
+	}
+	if len(order) == 0 {
+		return errors.New("not run by tor (TOR_PT_MANAGED_TRANSPORT_VER is not set) and no --listen or --tunnel given: nothing to do (see docs/client.md)")
+	}
+	log, closer, err := runner.Logger(c, false)
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	cfg, err := runner.LoadConfig(c, chain.ClientRole)
+	if err != nil {
+		return err
+	}
+	stateDir := c.String("state-dir")
+	if stateDir == "" {
+		if stateDir, err = os.MkdirTemp("", "ptcombiner-client-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(stateDir)
+	}
+	monitor := runner.NewMonitor(context.Background(), false)
+	defer monitor.Stop()
+	client := chain.NewClient(chain.ClientOptions{
+		Config:       cfg,
+		StateDir:     stateDir,
+		Logger:       log,
+		SetupTimeout: c.Duration("setup-timeout"),
+		StartTimeout: c.Duration("start-timeout"),
+	})
+	defer client.Close()
+	var errs []error
+	for name, err := range client.Start(context.Background(), order) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("chain %s: %w", name, err))
+		}
+	}
+	for _, name := range order {
+		if _, ok := cfg.Lookup(name); !ok {
+			errs = append(errs, fmt.Errorf("chain %s: no such alias or method", name))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+
+	life, endLife := context.WithCancel(context.Background())
+	defer endLife()
+	srv := &server{ctx: life, client: client, log: log, socksTimeout: c.Duration("socks-timeout"), maxConns: int64(c.Int("max-conns"))}
+	for alias, addr := range listens {
+		ln, err := listenTCP(addr)
+		if err != nil {
+			srv.closeListeners()
+			return fmt.Errorf("--listen %s: %w", alias, err)
+		}
+		srv.serve(alias, ln)
+		fmt.Printf("SOCKS5 %s %s\n", alias, ln.Addr())
+	}
+	for _, t := range tunnels {
+		ln, err := listenTCP(t.listen)
+		if err != nil {
+			srv.closeListeners()
+			return fmt.Errorf("--tunnel %s: %w", t.listen, err)
+		}
+		srv.serveTunnel(t, ln)
+		fmt.Printf("TUNNEL %s %s -> %s\n", t.alias, ln.Addr(), t.bridge)
+	}
+	select {
+	case <-monitor.Exit():
+	case <-monitor.Drain():
+		srv.closeListeners()
+		done := make(chan struct{})
+		go func() { srv.wait(); close(done) }()
+		select {
+		case <-done:
+		case <-monitor.Exit():
+		}
+	}
+	log.Info("exiting", "reason", monitor.Why())
+	srv.closeListeners()
+	endLife()
+	client.Close()
+	srv.wait()
+	return nil
+}
+
+func listenTCP(addr string) (*net.TCPListener, error) {
+	a, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return net.ListenTCP("tcp", a)
+}
+
+// serveTunnel carries every connection accepted on ln through t's chain.
+func (s *server) serveTunnel(t tunnel, ln *net.TCPListener) {
+	s.mu.Lock()
+	s.listeners = append(s.listeners, ln)
+	s.mu.Unlock()
+	s.conns.Add(1)
+	go func() {
+		defer s.conns.Done()
+		for {
+			conn, err := ln.AcceptTCP()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				s.log.Warn("accept", "tunnel", t.listen, "err", err)
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			s.conns.Add(1)
+			go func() {
+				defer s.conns.Done()
+				defer conn.Close()
+				stop := context.AfterFunc(s.ctx, func() { conn.Close() })
+				defer stop()
+				cc, err := s.client.Dial(s.ctx, t.alias, t.bridge, t.args)
+				if err != nil {
+					s.log.Warn("chained connection failed", "err", err)
+					return
+				}
+				defer cc.Close()
+				shim.Pipe(s.ctx, conn, cc.TCPConn)
+			}()
+		}
+	}()
+}

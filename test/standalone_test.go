@@ -1,0 +1,114 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ptcombiner/ptcombiner/metadata"
+	"github.com/ptcombiner/ptcombiner/ptproc"
+)
+
+// startStandalone runs a combiner without tor and returns the lines it
+// prints before it settles (one per listener).
+func startStandalone(t *testing.T, n int, path string, args ...string) []string {
+	t.Helper()
+	cmd := exec.Command(path, args...)
+	out, _ := cmd.StdoutPipe()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s stderr:\n%s", path, tail(stderr.String(), 20))
+		}
+	})
+	sc := bufio.NewScanner(out)
+	var lines []string
+	for len(lines) < n && sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	if len(lines) < n {
+		t.Fatalf("%s printed %q and stopped", path, lines)
+	}
+	go io.Copy(io.Discard, out)
+	return lines
+}
+
+// Without tor: ptcombiner-server forwards a chain to a plain TCP service,
+// and ptcombiner-client offers it as a plain TCP tunnel and as SOCKS5.
+func TestStandalone(t *testing.T) {
+	echo := echoServer(t)
+	plugin := "test=" + bin("testpt")
+	srv := startStandalone(t, 1, bin("ptcombiner-server"), "--plugin", plugin, "--chain", "t2=test|test",
+		"--listen", "t2=127.0.0.1:0", "--forward", echo, "--state-dir", t.TempDir(), "--config",
+		writeConfig(t, "ServerTransportOptions t2 0.key=5 1.key=6\n"))
+	f := strings.Fields(srv[0]) // CHAIN t2 <addr> ARGS <args>
+	if len(f) != 5 || f[0] != "CHAIN" {
+		t.Fatalf("server printed %q", srv[0])
+	}
+	public, args := f[2], f[4]
+	if args != "0.key=5;1.key=6" {
+		t.Errorf("published args %q", args)
+	}
+	cli := startStandalone(t, 2, bin("ptcombiner-client"), "--plugin", plugin, "--chain", "t2=test|test",
+		"--tunnel", "127.0.0.1:0=t2@"+public, "--args", "t2="+args, "--listen", "t2=127.0.0.1:0")
+	var tunnel, socks string
+	for _, l := range cli {
+		f := strings.Fields(l)
+		switch {
+		case len(f) >= 3 && f[0] == "TUNNEL":
+			tunnel = f[2]
+		case len(f) >= 3 && f[0] == "SOCKS5":
+			socks = f[2]
+		}
+	}
+	raw, err := net.Dial("tcp", tunnel)
+	if err != nil {
+		t.Fatalf("tunnel %q: %v", tunnel, err)
+	}
+	if err := roundTrip(t, raw.(*net.TCPConn), 1<<20); err != nil {
+		t.Fatalf("through the tunnel: %v", err)
+	}
+	a, _ := net.ResolveTCPAddr("tcp", socks)
+	c := &combiner{methods: map[string]ptproc.Cmethod{"t2": {Addr: a}}}
+	parsed, _ := metadata.ParseClientArgs(args)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := c.dial(ctx, "t2", public, parsed)
+	if err != nil {
+		t.Fatalf("through SOCKS: %v", err)
+	}
+	if err := roundTrip(t, conn, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Without tor and without anything to do, each program says what it needs.
+func TestStandaloneUsage(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		args []string
+		want string
+	}{
+		{bin("ptcombiner-client"), nil, "no --listen or --tunnel given"},
+		{bin("ptcombiner-client"), []string{"--tunnel", "nonsense"}, "want ADDR=ALIAS@BRIDGE"},
+		{bin("ptcombiner-server"), []string{"--listen", "x=127.0.0.1:0"}, "--forward HOST:PORT is required"},
+		{bin("ptcombiner-server"), []string{"--listen", "x=127.0.0.1:0", "--forward", "127.0.0.1:1"}, "--state-dir DIR is required"},
+	} {
+		out, err := exec.Command(tc.path, tc.args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("%s %q: %v, %q; want %q", tc.path, tc.args, err, out, tc.want)
+		}
+	}
+
+}
