@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -387,35 +386,16 @@ func TestClientLoad(t *testing.T) {
 	c := startCombiner(t, []string{"t3"}, testpFlags()...)
 	bridge, args := serverChain(t, echo, testHops(3))
 	baseline := fdCount(c.proc.Pid())
-	jobs := make(chan int)
-	var mu sync.Mutex
-	var failures []string
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range jobs {
-				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-				conn, err := c.dial(ctx, "t3", bridge, args)
-				if err == nil {
-					conn.SetDeadline(time.Now().Add(60 * time.Second))
-					err = roundTrip(t, conn, 1000+i*37)
-				}
-				cancel()
-				if err != nil {
-					mu.Lock()
-					failures = append(failures, fmt.Sprintf("conn %d: %v", i, err))
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for i := 0; i < total; i++ {
-		jobs <- i
-	}
-	close(jobs)
-	wg.Wait()
+	failures := runLoad(total, workers, func(i int) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		conn, err := c.dial(ctx, "t3", bridge, args)
+		if err != nil {
+			return err
+		}
+		conn.SetDeadline(time.Now().Add(60 * time.Second))
+		return roundTrip(t, conn, 1000+i*37)
+	})
 	if len(failures) > 0 {
 		t.Fatalf("%d of %d connections failed; first: %v", len(failures), total, failures[:min(5, len(failures))])
 	}

@@ -77,6 +77,8 @@ func TestLimitsServerIdleFlood(t *testing.T) {
 func TestLimitsMaxConns(t *testing.T) {
 	c := startCombiner(t, []string{"t2"}, append(testpFlags(), "--max-conns", "10")...)
 	idleFlood(t, c.methods["t2"].Addr.String(), 10)
+	// Let the combiner take the ten in before the eleventh comes.
+	time.Sleep(500 * time.Millisecond)
 	over, err := net.Dial("tcp", c.methods["t2"].Addr.String())
 	if err != nil {
 		t.Fatal(err)

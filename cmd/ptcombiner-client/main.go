@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -31,9 +30,6 @@ import (
 	"github.com/ptcombiner/ptcombiner/ptproc"
 	"github.com/ptcombiner/ptcombiner/shim"
 )
-
-// failWait bounds the wait after a fatal error line (PROTOCOLS.md A25).
-const failWait = 10 * time.Second
 
 func main() {
 	app := &cli.App{
@@ -56,7 +52,7 @@ func main() {
 		Action:                    run,
 	}
 	if err := app.Run(os.Args); err != nil {
-		runner.FailBeforeDone("", "ptcombiner-client: "+err.Error(), failWait)
+		runner.Fail("", "ptcombiner-client: "+err.Error())
 		os.Exit(1)
 	}
 }
@@ -68,27 +64,18 @@ func run(c *cli.Context) error {
 	if !runner.Managed() {
 		return runStandalone(c)
 	}
-	log, closer, err := runner.Logger(c, true)
+	log, closer, cfg, err := runner.ManagedSetup(c, chain.ClientRole, "ptcombiner-client")
 	if err != nil {
-		runner.FailBeforeDone("ENV-ERROR", err.Error(), failWait)
-		return cli.Exit("", 1)
+		return err
 	}
 	defer closer.Close()
-	cfg, err := runner.LoadConfig(c, chain.ClientRole)
-	if err != nil {
-		runner.FailBeforeDone("ENV-ERROR", "ptcombiner-client: "+err.Error(), failWait)
-		return cli.Exit("", 1)
-	}
-
 	info, err := pt.ClientSetup(nil) // VERSION, or VERSION-ERROR / ENV-ERROR
 	if err != nil {
-		runner.FailBeforeDone("", "ptcombiner-client: "+err.Error(), failWait)
-		return cli.Exit("", 1)
+		return runner.Fail("", "ptcombiner-client: "+err.Error())
 	}
-	stateDir, err := pt.MakeStateDir()
+	stateDir, err := runner.ManagedStateDir()
 	if err != nil {
-		runner.FailBeforeDone("ENV-ERROR", "cannot make the state directory: "+err.Error(), failWait)
-		return cli.Exit("", 1)
+		return err
 	}
 	proxyURL := ""
 	if info.ProxyURL != nil {
@@ -100,7 +87,7 @@ func run(c *cli.Context) error {
 
 	client := chain.NewClient(chain.ClientOptions{
 		Config:       cfg,
-		StateDir:     filepath.Join(stateDir, "ptcombiner"),
+		StateDir:     stateDir,
 		ProxyURL:     proxyURL,
 		Logger:       log,
 		SetupTimeout: c.Duration("setup-timeout"),
@@ -133,8 +120,7 @@ func run(c *cli.Context) error {
 		}
 		if !ok {
 			pt.ProxyError("no chain could start with the proxy " + proxyURL)
-			runner.FailBeforeDone("", "ptcombiner-client: no chain could start with the proxy", failWait)
-			return cli.Exit("", 1)
+			return runner.Fail("", "ptcombiner-client: no chain could start with the proxy")
 		}
 		pt.ProxyDone()
 	}
@@ -195,7 +181,14 @@ type server struct {
 	conns     sync.WaitGroup
 }
 
+// serve accepts SOCKS connections for alias on ln.
 func (s *server) serve(alias string, ln *net.TCPListener) {
+	s.acceptLoop(ln, "chain "+alias, func(conn *net.TCPConn) { s.handle(alias, conn) })
+}
+
+// acceptLoop runs handle for every connection on ln, each in its own
+// goroutine, until ln is closed.
+func (s *server) acceptLoop(ln *net.TCPListener, what string, handle func(*net.TCPConn)) {
 	s.mu.Lock()
 	s.listeners = append(s.listeners, ln)
 	s.mu.Unlock()
@@ -208,14 +201,14 @@ func (s *server) serve(alias string, ln *net.TCPListener) {
 				if errors.Is(err, net.ErrClosed) {
 					return
 				}
-				s.log.Warn("accept", "chain", alias, "err", err)
+				s.log.Warn("accept", "listener", what, "err", err)
 				time.Sleep(50 * time.Millisecond) // e.g. EMFILE: do not spin
 				continue
 			}
 			s.conns.Add(1)
 			go func() {
 				defer s.conns.Done()
-				s.handle(alias, conn)
+				handle(conn)
 			}()
 		}
 	}()

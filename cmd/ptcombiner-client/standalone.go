@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -153,36 +152,16 @@ func listenTCP(addr string) (*net.TCPListener, error) {
 
 // serveTunnel carries every connection accepted on ln through t's chain.
 func (s *server) serveTunnel(t tunnel, ln *net.TCPListener) {
-	s.mu.Lock()
-	s.listeners = append(s.listeners, ln)
-	s.mu.Unlock()
-	s.conns.Add(1)
-	go func() {
-		defer s.conns.Done()
-		for {
-			conn, err := ln.AcceptTCP()
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				s.log.Warn("accept", "tunnel", t.listen, "err", err)
-				time.Sleep(50 * time.Millisecond)
-				continue
-			}
-			s.conns.Add(1)
-			go func() {
-				defer s.conns.Done()
-				defer conn.Close()
-				stop := context.AfterFunc(s.ctx, func() { conn.Close() })
-				defer stop()
-				cc, err := s.client.Dial(s.ctx, t.alias, t.bridge, t.args)
-				if err != nil {
-					s.log.Warn("chained connection failed", "err", err)
-					return
-				}
-				defer cc.Close()
-				shim.Pipe(s.ctx, conn, cc.TCPConn)
-			}()
+	s.acceptLoop(ln, "tunnel "+t.listen, func(conn *net.TCPConn) {
+		defer conn.Close()
+		stop := context.AfterFunc(s.ctx, func() { conn.Close() })
+		defer stop()
+		cc, err := s.client.Dial(s.ctx, t.alias, t.bridge, t.args)
+		if err != nil {
+			s.log.Warn("chained connection failed", "err", err)
+			return
 		}
-	}()
+		defer cc.Close()
+		shim.Pipe(s.ctx, conn, cc.TCPConn)
+	})
 }

@@ -17,8 +17,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
-	"time"
 
 	"github.com/urfave/cli/v2"
 	pt "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
@@ -28,8 +26,6 @@ import (
 	"github.com/ptcombiner/ptcombiner/metadata"
 	"github.com/ptcombiner/ptcombiner/ptproc"
 )
-
-const failWait = 10 * time.Second
 
 func main() {
 	app := &cli.App{
@@ -51,7 +47,7 @@ func main() {
 		Action:                    run,
 	}
 	if err := app.Run(os.Args); err != nil {
-		runner.FailBeforeDone("", "ptcombiner-server: "+err.Error(), failWait)
+		runner.Fail("", "ptcombiner-server: "+err.Error())
 		os.Exit(1)
 	}
 }
@@ -63,37 +59,23 @@ func run(c *cli.Context) error {
 	if !runner.Managed() {
 		return runStandalone(c)
 	}
-	log, closer, err := runner.Logger(c, true)
+	log, closer, cfg, err := runner.ManagedSetup(c, chain.ServerRole, "ptcombiner-server")
 	if err != nil {
-		runner.FailBeforeDone("ENV-ERROR", err.Error(), failWait)
-		return cli.Exit("", 1)
+		return err
 	}
 	defer closer.Close()
-	cfg, err := runner.LoadConfig(c, chain.ServerRole)
-	if err != nil {
-		runner.FailBeforeDone("ENV-ERROR", "ptcombiner-server: "+err.Error(), failWait)
-		return cli.Exit("", 1)
-	}
 	// Options are read by goptlib too, but its parser is not exported; read
 	// them ourselves first so that a malformed value gets a precise message.
 	if _, err := metadata.ParseServerTransportOptions(os.Getenv("TOR_PT_SERVER_TRANSPORT_OPTIONS")); err != nil {
-		runner.FailBeforeDone("ENV-ERROR", "TOR_PT_SERVER_TRANSPORT_OPTIONS: "+err.Error(), failWait)
-		return cli.Exit("", 1)
+		return runner.Fail("ENV-ERROR", "TOR_PT_SERVER_TRANSPORT_OPTIONS: "+err.Error())
 	}
 	info, err := pt.ServerSetup(nil) // VERSION, or VERSION-ERROR / ENV-ERROR
 	if err != nil {
-		runner.FailBeforeDone("", "ptcombiner-server: "+err.Error(), failWait)
-		return cli.Exit("", 1)
+		return runner.Fail("", "ptcombiner-server: "+err.Error())
 	}
-	stateDir, err := pt.MakeStateDir()
+	own, err := runner.ManagedStateDir()
 	if err != nil {
-		runner.FailBeforeDone("ENV-ERROR", "cannot make the state directory: "+err.Error(), failWait)
-		return cli.Exit("", 1)
-	}
-	own := filepath.Join(stateDir, "ptcombiner")
-	if err := os.MkdirAll(own, 0o700); err != nil {
-		runner.FailBeforeDone("ENV-ERROR", "cannot make the state directory: "+err.Error(), failWait)
-		return cli.Exit("", 1)
+		return err
 	}
 
 	monitor := runner.NewMonitor(context.Background(), runner.WatchStdin())
@@ -141,8 +123,7 @@ func run(c *cli.Context) error {
 	published, err := server.Start(startCtx, binds)
 	cancelStart()
 	if err != nil {
-		runner.FailBeforeDone("ENV-ERROR", "ptcombiner-server: "+err.Error(), failWait)
-		return cli.Exit("", 1)
+		return runner.Fail("ENV-ERROR", "ptcombiner-server: "+err.Error())
 	}
 	var public []*net.TCPAddr
 	for _, p := range published {

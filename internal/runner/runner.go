@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -267,3 +268,50 @@ func (h torHandler) WithAttrs(as []slog.Attr) slog.Handler {
 func (h torHandler) WithGroup(name string) slog.Handler {
 	return torHandler{next: h.next.WithGroup(name), attrs: h.attrs, elide: h.elide}
 }
+
+// ErrReported is returned once a fatal error has been reported to tor (and
+// the program has waited, as FailBeforeDone does): exit with status 1.
+var ErrReported = cli.Exit("", 1)
+
+// ManagedSetup builds the logger and the configuration of a program run by
+// tor. On failure it reports an ENV-ERROR to tor, waits as PROTOCOLS.md A25
+// asks, and returns ErrReported.
+func ManagedSetup(c *cli.Context, role chain.Role, prog string) (*slog.Logger, io.Closer, *chain.Config, error) {
+	log, closer, err := Logger(c, true)
+	if err != nil {
+		FailBeforeDone("ENV-ERROR", prog+": "+err.Error(), failWait)
+		return nil, nil, nil, ErrReported
+	}
+	cfg, err := LoadConfig(c, role)
+	if err != nil {
+		closer.Close()
+		FailBeforeDone("ENV-ERROR", prog+": "+err.Error(), failWait)
+		return nil, nil, nil, ErrReported
+	}
+	return log, closer, cfg, nil
+}
+
+// ManagedStateDir makes tor's TOR_PT_STATE_LOCATION and ptcombiner's own
+// directory inside it (0700), or reports an ENV-ERROR.
+func ManagedStateDir() (string, error) {
+	dir, err := pt.MakeStateDir()
+	if err == nil {
+		dir = filepath.Join(dir, "ptcombiner")
+		err = os.MkdirAll(dir, 0o700)
+	}
+	if err != nil {
+		FailBeforeDone("ENV-ERROR", "cannot make the state directory: "+err.Error(), failWait)
+		return "", ErrReported
+	}
+	return dir, nil
+}
+
+// Fail reports a fatal setup error (keyword "" when goptlib has already
+// written the line) and returns ErrReported.
+func Fail(keyword, msg string) error {
+	FailBeforeDone(keyword, msg, failWait)
+	return ErrReported
+}
+
+// failWait bounds the wait after a fatal error line (PROTOCOLS.md A25).
+const failWait = 10 * time.Second
