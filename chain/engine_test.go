@@ -396,3 +396,24 @@ func TestStampBook(t *testing.T) {
 		t.Errorf("%d stamps left", b.Len())
 	}
 }
+
+// The Dialer makes a chain an x/net/proxy dialer for Go programs.
+func TestDialer(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // runs last, after pair's cleanup
+	cli, _, pubs, tor, _ := pair(t, "t2")
+	d := Dialer{Client: cli, Chain: "t2", Args: pubs["t2"].Args}
+	conn, err := d.Dial("tcp", pubs["t2"].Addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoOnce(t, conn, 5000)
+	conn.Close()
+	if _, err := d.Dial("udp", pubs["t2"].Addr.String()); err == nil {
+		t.Error("udp was accepted")
+	}
+	tor.mu.Lock()
+	defer tor.mu.Unlock()
+	if len(tor.metas) != 1 || tor.metas[0].Transport != "t2" {
+		t.Errorf("tor saw %v", tor.metas)
+	}
+}
