@@ -451,10 +451,17 @@ func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
 // calls ready (which sends OKAY upstream) and pipes up into it.
 func (s *Server) forward(c *serverConn, pos int, up *net.TCPConn, ready func() error) {
 	hop := c.chain.hops[pos]
+	// fail ends up: a child waiting on its Extended ORPort hears DENY first.
+	fail := func() {
+		if ready != nil {
+			extorport.Deny(up)
+		}
+		up.Close()
+	}
 	addr, err := hop.child.addr(hop.method)
 	if err != nil {
 		s.log.Warn("a hop's server is down", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
-		up.Close()
+		fail()
 		return
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.opt.DialTimeout)
@@ -463,21 +470,21 @@ func (s *Server) forward(c *serverConn, pos int, up *net.TCPConn, ready func() e
 	cancel()
 	if err != nil {
 		s.log.Warn("cannot reach a hop's server", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
-		up.Close()
+		fail()
 		return
 	}
 	down := raw.(*net.TCPConn)
 	local, err := netip.ParseAddrPort(down.LocalAddr().String())
 	if err != nil {
 		s.log.Error("dialled socket has no ip:port", "err", err)
-		up.Close()
+		fail()
 		down.Close()
 		return
 	}
 	st := stamp{child: hop.child.id, method: hop.method, addr: local}
 	if err := s.stamps.Put(st, hopLink{conn: c, pos: pos}); err != nil {
 		s.log.Error("stamp collision: refusing the connection rather than guessing", "stamp", local.String(), "err", err)
-		up.Close()
+		fail()
 		down.Close()
 		return
 	}
