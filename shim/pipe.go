@@ -41,7 +41,7 @@ func Pipe(ctx context.Context, a, b *net.TCPConn) (aToB, bToA int64, err error) 
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go ab.run(&wg)
-	go ba.run(&wg)
+	ba.run(&wg) // in the caller's goroutine: one goroutine (and stack) less per pipe
 	wg.Wait()
 
 	cancelled := !stop()
