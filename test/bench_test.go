@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,4 +83,91 @@ func BenchmarkChains(b *testing.B) {
 			b.ReportMetric(float64(setup[j])/float64(setup[0]), v.name+"/direct-setup")
 		}
 	}
+}
+
+// cpuSeconds is the user+system CPU time pid has used.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	// Fields after the command: state is f[0]; utime and stime are fields
+	// 14 and 15 of the whole line, so f[11] and f[12] here.
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+// rssKiB is pid's resident set size.
+func rssKiB(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return 0
+}
+
+// BenchmarkCombinerCost measures what ptcombiner-client itself costs, apart
+// from its PTs: CPU seconds per GiB carried through a 2-hop chain (the test
+// PT with key 0, an identity transform), and resident memory per idle
+// chained connection per hop with 1000 connections open.
+//
+//	go test -run '^$' -bench CombinerCost -benchtime 3x ./test/
+func BenchmarkCombinerCost(b *testing.B) {
+	const size = 64 << 20
+	const idle = 1000
+	echo := echoServer(b)
+	c := startCombiner(b, []string{"t2"}, testpFlags()...)
+	hops := testHops(2)
+	for i := range hops {
+		hops[i].options = metadata.Args{"key": {"0"}}
+	}
+	bridge, args := serverChain(b, echo, hops)
+	pid := c.proc.Pid()
+	buf := make([]byte, size)
+	var cpu float64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		conn, err := c.dial(ctx, "t2", bridge, args)
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		before := cpuSeconds(pid)
+		go conn.Write(buf)
+		if _, err := io.CopyN(io.Discard, conn, size); err != nil {
+			b.Fatal(err)
+		}
+		cpu += cpuSeconds(pid) - before
+		conn.Close()
+	}
+	b.StopTimer()
+	// Both directions cross the combiner's two splice points.
+	gib := float64(2*size) * float64(b.N) / (1 << 30)
+	b.ReportMetric(cpu/gib, "combiner-cpu-s/GiB")
+
+	time.Sleep(200 * time.Millisecond)
+	rss0 := rssKiB(pid)
+	var conns []*net.TCPConn
+	for i := 0; i < idle; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		conn, err := c.dial(ctx, "t2", bridge, args)
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns = append(conns, conn)
+	}
+	time.Sleep(200 * time.Millisecond)
+	rss1 := rssKiB(pid)
+	for _, conn := range conns {
+		conn.Close()
+	}
+	b.ReportMetric(float64(rss1-rss0)/idle/2, "combiner-KiB/conn/hop")
 }
