@@ -45,11 +45,18 @@ func fakeAuthority(t testing.TB) string {
 // instance needs, and ends it (and checks it ended) when the test ends.
 func startTor(t testing.TB, name string, lines ...string) *torInstance {
 	t.Helper()
-	tor := requireProgram(t, "tor")
 	dir, err := os.MkdirTemp("", "ptcombiner-tor-"+name+"-")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startTorIn(t, name, dir, lines...)
+}
+
+// startTorIn is startTor with a data directory the caller has prepared
+// (an authority's keys); the directory is removed when the test ends.
+func startTorIn(t testing.TB, name, dir string, lines ...string) *torInstance {
+	t.Helper()
+	tor := requireProgram(t, "tor")
 	os.Chmod(dir, 0o700)
 	ti := &torInstance{name: name, dir: dir, done: make(chan struct{}), logPath: filepath.Join(dir, "notice.log")}
 	base := []string{

@@ -1,0 +1,292 @@
+package test
+
+// A private Tor network on loopback, offline (../shared/docs/TOR-E2E.md,
+// Level 2): a directory authority, an exit relay, a bridge running
+// ptcombiner-server and, for each chain, a client running
+// ptcombiner-client that bootstraps to 100% and fetches pages through the
+// chain.
+//
+// No chain here ends in an "indirect" PT. obfs4proxy's meek_lite is a client
+// only and needs an HTTPS front and a meek server, neither of which exists
+// offline on this machine; snowflake needs its broker and WebRTC proxies.
+// The client supports such a PT as the last hop (it is asked for the bridge
+// address and may ignore it), but the suite cannot run one.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/proxy"
+)
+
+// networkChains are the chains the suite runs, alias -> chain.
+var networkChains = []struct{ alias, chain string }{
+	{"obfs4", "obfs4"},
+	{"obfs3_obfs4", "obfs3|obfs4"},
+	{"obfs4_obfs4", "obfs4|obfs4"},
+}
+
+func TestPrivateTorNetwork(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a private Tor network")
+	}
+	requireProgram(t, "tor")
+	gencert := requireProgram(t, "tor-gencert")
+	obfs4proxy := requireProgram(t, "obfs4proxy")
+	suiteStart := time.Now()
+
+	// The web server the client fetches from, through the exit.
+	blob := make([]byte, 2<<20)
+	rand.Read(blob)
+	page := []byte("<html><body>ptcombiner private network</body></html>\n")
+	web, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { w.Write(page) })
+	mux.HandleFunc("/blob", func(w http.ResponseWriter, r *http.Request) { w.Write(blob) })
+	hs := &http.Server{Handler: mux}
+	go hs.Serve(web)
+	defer hs.Close()
+	httpPort := web.Addr().(*net.TCPAddr).Port
+
+	// The authority's keys and fingerprints.
+	authDir, err := os.MkdirTemp("", "ptcombiner-tor-auth-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(authDir, "keys"), 0o700)
+	authOR, authDirPort := freePort(t), freePort(t)
+	cmd := exec.Command(gencert, "--create-identity-key", "-m", "12", "-a", fmt.Sprintf("127.0.0.1:%d", authDirPort),
+		"-i", filepath.Join(authDir, "keys", "authority_identity_key"),
+		"-s", filepath.Join(authDir, "keys", "authority_signing_key"),
+		"-c", filepath.Join(authDir, "keys", "authority_certificate"), "--passphrase-fd", "0")
+	cmd.Stdin = strings.NewReader("\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tor-gencert: %v\n%s", err, out)
+	}
+	certText, _ := os.ReadFile(filepath.Join(authDir, "keys", "authority_certificate"))
+	v3ident := ""
+	for _, line := range strings.Split(string(certText), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "fingerprint" {
+			v3ident = f[1]
+		}
+	}
+	empty := filepath.Join(t.TempDir(), "empty-torrc")
+	os.WriteFile(empty, nil, 0o600)
+	out, err := exec.Command("tor", "--list-fingerprint", "--DataDirectory", authDir,
+		"--ORPort", fmt.Sprint(authOR), "--defaults-torrc", empty, "-f", empty).Output()
+	if err != nil || v3ident == "" {
+		t.Fatalf("fingerprints: v3ident %q, %v\n%s", v3ident, err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	fpFields := strings.Fields(lines[len(lines)-1])
+	fingerprint := strings.Join(fpFields[1:], "")
+	if len(fingerprint) != 40 {
+		t.Fatalf("relay fingerprint %q from %q", fingerprint, out)
+	}
+	dirAuth := fmt.Sprintf("DirAuthority auth orport=%d no-v2 v3ident=%s 127.0.0.1:%d %s", authOR, v3ident, authDirPort, fingerprint)
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(resolv, []byte("nameserver 127.0.0.1\n"), 0o600)
+	common := []string{"TestingTorNetwork 1", dirAuth, "PathsNeededToBuildCircuits 0.67"}
+	relay := append([]string{"Address 127.0.0.1", "AssumeReachable 1", "SocksPort 0",
+		"ServerDNSResolvConfFile " + resolv, "ServerDNSAllowBrokenConfig 1", "ServerDNSDetectHijacking 0"}, common...)
+
+	startTorIn(t, "authority", authDir, append([]string{"Nickname auth",
+		fmt.Sprintf("ORPort 127.0.0.1:%d", authOR), fmt.Sprintf("DirPort 127.0.0.1:%d", authDirPort),
+		"AuthoritativeDirectory 1", "V3AuthoritativeDirectory 1", "ContactInfo ptcombiner-test",
+		"TestingV3AuthInitialVotingInterval 5", "TestingV3AuthInitialVoteDelay 2", "TestingV3AuthInitialDistDelay 2",
+		"V3AuthVotingInterval 10", "V3AuthVoteDelay 2", "V3AuthDistDelay 2", "V3AuthNIntervalsValid 2",
+		"TestingDirAuthVoteExit *", "TestingDirAuthVoteGuard *", "TestingDirAuthVoteHSDir *",
+		"TestingMinExitFlagThreshold 0", "ExitPolicy reject *:*"}, relay...)...)
+	startTor(t, "exit", append([]string{"Nickname exit",
+		fmt.Sprintf("ORPort 127.0.0.1:%d", freePort(t)), fmt.Sprintf("DirPort 127.0.0.1:%d", freePort(t)),
+		"ExitRelay 1", "ExitPolicyRejectPrivate 0", "ExitPolicyRejectLocalInterfaces 0",
+		"ExitPolicy accept 127.0.0.0/8:*", fmt.Sprintf("ExitPolicy accept *:%d", httpPort), "ExitPolicy reject *:*",
+		"RefuseUnknownExits 0"}, relay...)...)
+
+	// The bridge serves every chain at once, each on its own public port.
+	var aliases, chainFlags []string
+	ports := map[string]int{}
+	bridgeLines := []string{"Nickname bridge", "BridgeRelay 1", "PublishServerDescriptor 0",
+		fmt.Sprintf("ORPort 127.0.0.1:%d", freePort(t)), fmt.Sprintf("ExtORPort 127.0.0.1:%d", freePort(t)),
+		"ExitPolicy reject *:*"}
+	for _, ch := range networkChains {
+		aliases = append(aliases, ch.alias)
+		chainFlags = append(chainFlags, "--chain", ch.alias+"="+ch.chain)
+		ports[ch.alias] = freePort(t)
+		bridgeLines = append(bridgeLines, fmt.Sprintf("ServerTransportListenAddr %s 127.0.0.1:%d", ch.alias, ports[ch.alias]))
+	}
+	flags := append([]string{"--plugin", "obfs3,obfs4=" + obfs4proxy}, chainFlags...)
+	debugLog := filepath.Join(t.TempDir(), "bridge-debug.log")
+	bridgeLines = append(bridgeLines,
+		fmt.Sprintf("ServerTransportPlugin %s exec %s %s", strings.Join(aliases, ","), bin("ptcombiner-server"), strings.Join(flags, " ")),
+		"Log [net,general]debug file "+debugLog)
+	bridge := startTor(t, "bridge", append(bridgeLines, relay...)...)
+	bridgelines := bridge.waitFile(t, "bridgelines", 60*time.Second)
+
+	// The client starts when the bridge knows both relays (TOR-E2E.md).
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		cons, _ := os.ReadFile(filepath.Join(bridge.dir, "cached-microdesc-consensus"))
+		md1, _ := os.ReadFile(filepath.Join(bridge.dir, "cached-microdescs"))
+		md2, _ := os.ReadFile(filepath.Join(bridge.dir, "cached-microdescs.new"))
+		if bytes.Contains(cons, []byte("\nr auth ")) && bytes.Contains(cons, []byte("\nr exit ")) && len(md1)+len(md2) > 0 &&
+			bytes.Count(append(md1, md2...), []byte("onion-key")) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the bridge's consensus does not list both relays after 120 s:\n%s", cons)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("network ready after %v", time.Since(suiteStart).Round(time.Second))
+
+	times := map[string]time.Duration{}
+	for _, ch := range networkChains {
+		t.Run(ch.alias, func(t *testing.T) {
+			line := bridgeLine(t, bridgelines, ch.alias)
+			socksPort := freePort(t)
+			start := time.Now()
+			client := startTor(t, "client-"+ch.alias, append([]string{"UseBridges 1", line, "ConfluxEnabled 0",
+				fmt.Sprintf("ClientTransportPlugin %s exec %s %s", ch.alias, bin("ptcombiner-client"), strings.Join(flags, " ")),
+				fmt.Sprintf("SocksPort 127.0.0.1:%d", socksPort)}, common...)...)
+			client.waitLog(t, "Bootstrapped 100% (done)", 150*time.Second)
+			times[ch.alias] = time.Since(start)
+			t.Logf("%s: bootstrapped to 100%% in %v", ch.alias, times[ch.alias].Round(100*time.Millisecond))
+
+			// A page and a 2 MiB blob through the client's SocksPort.
+			dialer, _ := proxy.SOCKS5("tcp", fmt.Sprintf("127.0.0.1:%d", socksPort), nil, proxy.Direct)
+			hc := &http.Client{Timeout: 90 * time.Second, Transport: &http.Transport{
+				DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+					return dialer.(proxy.ContextDialer).DialContext(ctx, network, addr)
+				},
+			}}
+			for path, want := range map[string][]byte{"/": page, "/blob": blob} {
+				var got []byte
+				var err error
+				for attempt := 0; attempt < 3; attempt++ {
+					var resp *http.Response
+					resp, err = hc.Get(fmt.Sprintf("http://127.0.0.1:%d%s", httpPort, path))
+					if err == nil {
+						got, err = io.ReadAll(resp.Body)
+						resp.Body.Close()
+					}
+					if err == nil {
+						break
+					}
+					t.Logf("fetch %s attempt %d: %v", path, attempt+1, err)
+				}
+				if err != nil {
+					t.Fatalf("fetch %s: %v", path, err)
+				}
+				if sha256.Sum256(got) != sha256.Sum256(want) {
+					t.Fatalf("fetch %s: %d bytes that differ from the %d served", path, len(got), len(want))
+				}
+			}
+
+			// The bridge's tor learned the client-side socket and the alias.
+			truth := establishedTo(t, ports[ch.alias])
+			if len(truth) == 0 {
+				t.Fatal("no established connection to the chain's public port")
+			}
+			found := false
+			for _, l := range findLines(debugLog, "Received USERADDR") {
+				for _, a := range truth {
+					if strings.Contains(l, "to '"+a+"'") {
+						found = true
+					}
+				}
+			}
+			if !found {
+				t.Errorf("no USERADDR line names the client-side socket %v", truth)
+			}
+			if findLine(debugLog, "with transport '"+ch.alias+"'") == "" {
+				t.Errorf("the bridge's tor never saw transport %q", ch.alias)
+			}
+			checkLoopbackOnly(t)
+
+			// When the client's tor exits, its combiner and PTs go too.
+			pids := family(client.cmd.Process.Pid)[1:]
+			if len(pids) < 2 {
+				t.Fatalf("client tor's children: %v", pids)
+			}
+			client.stop()
+			if err := waitGone(pids, 2*time.Second); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	bpids := family(bridge.cmd.Process.Pid)[1:]
+	bridge.stop()
+	if err := waitGone(bpids, 2*time.Second); err != nil {
+		t.Error(err)
+	}
+	var parts []string
+	for _, ch := range networkChains {
+		parts = append(parts, fmt.Sprintf("%s %v", ch.alias, times[ch.alias].Round(100*time.Millisecond)))
+	}
+	t.Logf("private Tor network: wall time %v; time to 100%%: %s", time.Since(suiteStart).Round(time.Second), strings.Join(parts, ", "))
+}
+
+// findLines returns every line of the file at path that contains s.
+func findLines(path, s string) []string {
+	b, _ := os.ReadFile(path)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// checkLoopbackOnly fails the test if any established TCP connection on the
+// machine has a peer outside loopback.
+func checkLoopbackOnly(t *testing.T) {
+	t.Helper()
+	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 4 || f[3] != "01" {
+				continue
+			}
+			h, _, _ := strings.Cut(f[2], ":")
+			if !loopbackHex(h) {
+				t.Errorf("%s: an established connection to %s is not on loopback", file, f[2])
+			}
+		}
+	}
+}
+
+// loopbackHex reports whether a /proc/net address (little-endian 32-bit
+// words) is 127.0.0.0/8, ::1 or ::ffff:127.x.
+func loopbackHex(h string) bool {
+	switch len(h) {
+	case 8:
+		return strings.HasSuffix(h, "7F")
+	case 32:
+		if h == "00000000000000000000000001000000" {
+			return true
+		}
+		return h[:16] == "0000000000000000" && h[16:24] == "FFFF0000" && strings.HasSuffix(h, "7F")
+	}
+	return false
+}
