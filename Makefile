@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/ptcombiner/ptcombiner/internal/runner.Version=$(VERSION
 # How long each fuzz target runs in `make fuzz` (the seed corpora always run in `make test`).
 FUZZTIME ?= 30s
 
-.PHONY: all build demo demo-network test test-short fuzz bench clean
+.PHONY: all build demo demo-network test test-short fuzz bench ptbench clean
 
 all: build
 
@@ -45,6 +45,13 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./test/
+
+# Whole chains against the reference relay and raw TCP: throughput, setup
+# latency, CPU per GiB, memory per connection; then 10,000 connections held.
+# About 10 minutes; docs/performance.md explains the table. PTBENCH_FLAGS=-h lists the knobs.
+ptbench: build
+	$(GO) build -o $(BIN)/ ./test/ptbench
+	$(BIN)/ptbench -bin $(BIN) $(PTBENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ptcombiner/ptcombiner/extorport"
+)
+
+// The helper processes ptbench runs from its own executable, so that their
+// CPU and memory are measured apart from the load generator's:
+//
+//	ptbench sink COOKIEFILE      echo servers: plain and Extended ORPort
+//	ptbench relay-client         the reference relay, client side
+//	ptbench relay-server         the reference relay, server side
+//
+// Each prints its addresses on stdout and exits when its stdin closes.
+func helperMain(mode string, args []string) {
+	var err error
+	switch mode {
+	case "sink":
+		err = runSink(args)
+	case "relay-client":
+		err = runRelayClient(os.Stdin)
+	case "relay-server":
+		err = runRelayServer(os.Stdin, args)
+	default:
+		err = fmt.Errorf("unknown mode %q", mode)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ptbench %s: %v\n", mode, err)
+		os.Exit(1)
+	}
+}
+
+// runSink echoes every connection on two listeners: PLAIN (raw TCP, the
+// reference's destination) and EXT (an Extended ORPort that authenticates
+// with the cookie in args[0], the combiners' destination, as a bridge's tor
+// would be). It echoes by splice, unless args[1] is "small", which echoes
+// through a 2 KiB buffer so that 10,000 idle connections hold no pipes.
+func runSink(args []string) error {
+	if len(args) < 1 {
+		return errors.New("usage: sink COOKIEFILE [small]")
+	}
+	small := len(args) > 1 && args[1] == "small"
+	cookie, err := extorport.WriteCookieFile(args[0])
+	if err != nil {
+		return err
+	}
+	plain, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return err
+	}
+	ext, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return err
+	}
+	echo := func(c *net.TCPConn) {
+		if small {
+			io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 2048))
+		} else {
+			io.Copy(c, c)
+		}
+	}
+	serve := func(ln *net.TCPListener, handshake bool) {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if handshake {
+					c.SetDeadline(time.Now().Add(30 * time.Second))
+					if _, err := extorport.ServerHandshake(c, extorport.ServerConfig{Cookie: cookie}); err != nil {
+						fmt.Fprintln(os.Stderr, "sink: Extended ORPort handshake:", err)
+						return
+					}
+					if extorport.Okay(c) != nil {
+						return
+					}
+					c.SetDeadline(time.Time{})
+				}
+				echo(c)
+			}()
+		}
+	}
+	go serve(plain, false)
+	go serve(ext, true)
+	fmt.Printf("PLAIN %s\nEXT %s\n", plain.Addr(), ext.Addr())
+	io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+// helper is a running helper process.
+type helper struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Reader
+	done  chan struct{}
+}
+
+func startHelper(args ...string) (*helper, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	h := &helper{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout), done: make(chan struct{})}
+	go func() { cmd.Wait(); close(h.done) }()
+	return h, nil
+}
+
+// expect reads the helper's next line, which must be "WORD value".
+func (h *helper) expect(word string) (string, error) {
+	type res struct {
+		line string
+		err  error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		l, err := h.out.ReadString('\n')
+		ch <- res{l, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return "", fmt.Errorf("helper %v: %w", h.cmd.Args[1:], r.err)
+		}
+		got, ok := strings.CutPrefix(strings.TrimSpace(r.line), word+" ")
+		if !ok {
+			return "", fmt.Errorf("helper %v said %q, want %s", h.cmd.Args[1:], r.line, word)
+		}
+		return got, nil
+	case <-time.After(30 * time.Second):
+		return "", fmt.Errorf("helper %v said nothing in 30 s", h.cmd.Args[1:])
+	}
+}
+
+func (h *helper) pid() int { return h.cmd.Process.Pid }
+
+// close ends the helper: stdin closed, then SIGKILL after 5 s.
+func (h *helper) close() {
+	h.stdin.Close()
+	select {
+	case <-h.done:
+	case <-time.After(5 * time.Second):
+		h.cmd.Process.Kill()
+		<-h.done
+	}
+}
+
+// closers runs cleanup functions in reverse order, once.
+type closers struct {
+	mu  sync.Mutex
+	fns []func()
+}
+
+func (c *closers) add(f func()) { c.mu.Lock(); c.fns = append(c.fns, f); c.mu.Unlock() }
+
+func (c *closers) run() {
+	c.mu.Lock()
+	fns := c.fns
+	c.fns = nil
+	c.mu.Unlock()
+	for i := len(fns) - 1; i >= 0; i-- {
+		fns[i]()
+	}
+}
+
+// procStat reads user+system CPU seconds of pid.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	// utime and stime are fields 14 and 15 of the line, f[11] and f[12] here.
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+// rssKiB is pid's resident set size.
+func rssKiB(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return 0
+}
+
+// fdCount is the number of open descriptors of pid.
+func fdCount(pid int) int {
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return 0
+	}
+	return len(entries)
+}

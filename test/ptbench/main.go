@@ -1,0 +1,239 @@
+// Command ptbench measures what a chain costs and what share of that cost is
+// the combiners'. In one run, for chains of 1, 2 and 3 hops, it measures
+//
+//	(a) the project's test PT (key 0: an identity transform) through
+//	    ptcombiner-client and ptcombiner-server;
+//	(b) obfs4proxy's obfs4 through the combiners;
+//	(c) the reference: the same PT programs, run the same way, wired by a
+//	    minimal hand-made relay (relay.go), the least any combiner must do;
+//	(d) raw loopback TCP;
+//
+// single-stream throughput, aggregate throughput of 8 streams, setup latency
+// (p50, p99) to the first byte back, CPU seconds per GiB per splice point of
+// the combiner (or relay) processes, and resident memory and descriptors per
+// idle chained connection. It prints a table and the ratios (a)/(c) and
+// (b)/(c) against the targets of docs/performance.md, then holds 10,000
+// chained connections at once.
+//
+// Every connection ends at an echo sink run as a separate process (an
+// Extended ORPort for the combiners, as a bridge's tor is; plain TCP for
+// the reference and raw TCP). `make ptbench` builds everything and runs it.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// logger receives the children's logs: nothing, unless -v.
+var logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func main() {
+	if len(os.Args) > 1 && !strings.HasPrefix(os.Args[1], "-") {
+		helperMain(os.Args[1], os.Args[2:])
+		return
+	}
+	binDir := flag.String("bin", "bin", "directory holding ptcombiner-client, ptcombiner-server and testpt")
+	hopList := flag.String("hops", "1,2,3", "chain lengths to measure")
+	ptList := flag.String("pts", "test,obfs4", "PTs to chain: test (the project's test PT), obfs4 (obfs4proxy, when installed)")
+	sizeMiB := flag.Int("size", 256, "MiB each way for the single stream (the streams share as many)")
+	nStreams := flag.Int("streams", 8, "concurrent streams for the aggregate throughput")
+	setups := flag.Int("setups", 500, "connections set up one after another for the setup latency")
+	idle := flag.Int("idle", 1000, "idle chained connections held open for the memory figure")
+	hold := flag.Int("hold", 10000, "chained connections (2 hops, test PT) held at once at the end; 0 skips")
+	verbose := flag.Bool("v", false, "show every process's log")
+	flag.Parse()
+	if *verbose {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	var hops []int
+	for _, s := range strings.Split(*hopList, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > 8 {
+			fail(fmt.Errorf("-hops: %q is not a chain length 1-8", s))
+		}
+		hops = append(hops, n)
+	}
+	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle}
+	if err := run(*binDir, hops, strings.Split(*ptList, ","), p, *hold); err != nil {
+		fail(err)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "ptbench:", err)
+	os.Exit(1)
+}
+
+// row is one measured topology.
+type row struct {
+	t *topology
+	r *result
+}
+
+func run(binDir string, hops []int, pts []string, p params, hold int) error {
+	binDir, _ = filepath.Abs(binDir)
+	for _, b := range []string{"ptcombiner-client", "ptcombiner-server", "testpt"} {
+		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
+			return fmt.Errorf("%s not built (make build): %w", b, err)
+		}
+	}
+	work, err := os.MkdirTemp("", "ptbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	e := &env{binDir: binDir, work: work, cookie: filepath.Join(work, "cookie")}
+	if path, err := exec.LookPath("obfs4proxy"); err == nil {
+		e.obfs4proxy = path
+	}
+	sink, err := startHelper("sink", e.cookie)
+	if err != nil {
+		return err
+	}
+	defer sink.close()
+	if e.sinkPlain, err = sink.expect("PLAIN"); err != nil {
+		return err
+	}
+	if e.sinkExt, err = sink.expect("EXT"); err != nil {
+		return err
+	}
+
+	started := time.Now()
+	header()
+	var rows []row
+	measureOne := func(t *topology, err error) error {
+		if err != nil {
+			return err
+		}
+		defer t.run()
+		r, err := measure(t, p, func(s string) {
+			fmt.Fprintf(os.Stderr, "  %-36s %s\n", t.name(), s)
+		})
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.name(), err)
+		}
+		rows = append(rows, row{t, r})
+		printRow(t, r)
+		return nil
+	}
+	if err := measureOne(&topology{kind: "d", target: e.sinkPlain}, nil); err != nil {
+		return err
+	}
+	for _, pt := range pts {
+		pt = strings.TrimSpace(pt)
+		kind := map[string]string{"test": "a", "obfs4": "b"}[pt]
+		if kind == "" {
+			return fmt.Errorf("-pts: unknown PT %q", pt)
+		}
+		if pt == "obfs4" && e.obfs4proxy == "" {
+			fmt.Println("(b) skipped: obfs4proxy is not installed (apt-get install obfs4proxy)")
+			continue
+		}
+		for _, n := range hops {
+			if err := measureOne(e.startReference(pt, n)); err != nil {
+				return err
+			}
+			if err := measureOne(e.startCombiners(kind, pt, n, e.sinkExt, e.cookie)); err != nil {
+				return err
+			}
+		}
+	}
+	ratios(rows)
+	errs := 0
+	for _, rw := range rows {
+		errs += rw.r.setupErrs + rw.r.idleErrs
+	}
+	if hold > 0 {
+		if err := holdMany(e, hold); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("\n%s, %d CPUs, %s; the run took %v.\n", time.Now().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(),
+		time.Since(started).Round(time.Second))
+	if errs > 0 {
+		return fmt.Errorf("%d connections failed (the errors column)", errs)
+	}
+	return nil
+}
+
+func header() {
+	fmt.Printf("%-30s %9s %9s %8s %8s %13s %13s %13s %7s\n", "", "1 stream", "8 streams", "setup", "setup", "CPU s/GiB", "RSS KiB/conn", "fds/conn", "")
+	fmt.Printf("%-30s %9s %9s %8s %8s %13s %13s %13s %7s\n", "topology", "MB/s", "MB/s", "p50 ms", "p99 ms", "/splice c|s", "c|s", "c|s", "errors")
+}
+
+func printRow(t *topology, r *result) {
+	cpu, rss, fds := "-", "-", "-"
+	if t.client != 0 {
+		cpu = fmt.Sprintf("%.2f|%.2f", r.cpuPerSplice(r.cpuClient, t.splicesClient), r.cpuPerSplice(r.cpuServer, t.splicesServer))
+		rss = fmt.Sprintf("%.1f|%.1f", r.rssClient, r.rssServer)
+		fds = fmt.Sprintf("%.1f|%.1f", r.fdsClient, r.fdsServer)
+	}
+	fmt.Printf("%-30s %9.0f %9.0f %8.2f %8.2f %13s %13s %13s %7d\n", t.name(), r.single, r.multi,
+		ms(r.p50), ms(r.p99), cpu, rss, fds, r.setupErrs+r.idleErrs)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// ratios compares each combiner row with the reference row of the same PT
+// and length, against the targets.
+func ratios(rows []row) {
+	fmt.Printf("\nCombiners against the reference (same PT processes, same run). Targets: throughput >= 0.95x\n")
+	fmt.Printf("(2 and 3 hops), CPU per splice point <= 0.6x, setup <= +0.3 ms p50 per hop, <= 32 KiB RSS per conn per hop.\n")
+	fmt.Printf("%-22s %9s %9s %15s %15s %15s %15s\n", "chain", "1 stream", "8 streams", "CPU/splice", "CPU/splice", "setup p50", "RSS KiB/conn/hop")
+	fmt.Printf("%-22s %9s %9s %15s %15s %15s %15s\n", "", "x ref", "x ref", "client x ref", "server x ref", "+ms per hop", "client|server")
+	var ref *row
+	for i := range rows {
+		rw := &rows[i]
+		switch rw.t.kind {
+		case "c":
+			ref = rw
+			continue
+		case "d":
+			continue
+		}
+		if ref == nil || ref.t.pt != rw.t.pt || ref.t.hops != rw.t.hops {
+			continue
+		}
+		a, c := rw.r, ref.r
+		h := rw.t.hops
+		ratio := func(x, y float64) float64 {
+			if y == 0 {
+				return 0
+			}
+			return x / y
+		}
+		fmt.Printf("(%s)/(c) %-14s %9.2f %9.2f %15.2f %15.2f %+15.3f %15s\n", rw.t.kind, rw.t.chain(),
+			ratio(a.single, c.single), ratio(a.multi, c.multi),
+			ratio(a.cpuPerSplice(a.cpuClient, rw.t.splicesClient), c.cpuPerSplice(c.cpuClient, ref.t.splicesClient)),
+			ratio(a.cpuPerSplice(a.cpuServer, rw.t.splicesServer), c.cpuPerSplice(c.cpuServer, ref.t.splicesServer)),
+			ms(a.p50-c.p50)/float64(h),
+			fmt.Sprintf("%.1f|%.1f", a.rssClient/float64(h), a.rssServer/float64(h)))
+		share := 0.0
+		if a.cpuAll > 0 {
+			share = (a.cpuClient + a.cpuServer) / a.cpuAll
+		}
+		fmt.Printf("%-22s combiners' share of the chain's CPU: %.1f%% (%.2f of %.2f CPU s/GiB each way)\n", "",
+			100*share, (a.cpuClient+a.cpuServer)/(a.gib/2), a.cpuAll/(a.gib/2))
+	}
+}
+
+// nofile is this process's limit on open descriptors; its children (Go
+// programs raise their soft limit to the hard one) get the hard limit.
+func nofile() int {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return 1024
+	}
+	return int(l.Max)
+}

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ptcombiner/ptcombiner/shim"
+)
+
+// params are the sizes of one run.
+type params struct {
+	size    int64 // bytes each way, single stream; the 8 streams share as many
+	streams int
+	setups  int
+	idle    int
+}
+
+// result is what one topology measured.
+type result struct {
+	single, multi float64 // MB/s each way
+	p50, p99      time.Duration
+	setupErrs     int
+	// CPU seconds of the combiner (or relay) processes while the streams
+	// ran, client and server side, and of the whole chain (PTs included).
+	cpuClient, cpuServer, cpuAll float64
+	gib                          float64 // GiB through each splice point, both ways counted
+	// Per idle connection: resident KiB and descriptors, client and server.
+	rssClient, rssServer float64
+	fdsClient, fdsServer float64
+	idleErrs             int
+}
+
+// cpuPerSplice is the CPU seconds per GiB per splice point of one side.
+func (r *result) cpuPerSplice(cpu float64, splices int) float64 {
+	if r.gib == 0 || splices == 0 {
+		return 0
+	}
+	return cpu / r.gib / float64(splices)
+}
+
+// dial opens one connection through t and waits for one byte to come back
+// from the sink: the connection is then set up end to end.
+func (t *topology) dial(ctx context.Context) (*net.TCPConn, error) {
+	var conn *net.TCPConn
+	if t.socks == "" {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", t.target)
+		if err != nil {
+			return nil, err
+		}
+		conn = c.(*net.TCPConn)
+	} else {
+		var err error
+		if conn, err = shim.DialSOCKS5(ctx, t.socks, t.target, t.user, t.pass); err != nil {
+			return nil, err
+		}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	var b [1]byte
+	if _, err := conn.Write([]byte{'x'}); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("first byte back: %w", err)
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, nil
+}
+
+func (t *topology) dialTimeout(d time.Duration) (*net.TCPConn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return t.dial(ctx)
+}
+
+func (t *topology) cpu() (client, server, all float64) {
+	if t.client == 0 {
+		return 0, 0, 0
+	}
+	client, server = cpuSeconds(t.client), cpuSeconds(t.server)
+	all = client + server
+	for _, p := range t.pts() {
+		all += cpuSeconds(p)
+	}
+	return client, server, all
+}
+
+// measure runs every phase on t: idle connections first (so that the
+// memory figure is not blurred by what the transfers left), then setup
+// latency, then the single stream and the 8 streams.
+func measure(t *topology, p params, progress func(string)) (*result, error) {
+	r := &result{}
+	for i := 0; i < 5; i++ { // warm up: the PTs' first connections
+		c, err := t.dialTimeout(30 * time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("warm-up: %w", err)
+		}
+		c.Close()
+	}
+
+	if p.idle > 0 && t.client != 0 {
+		progress(fmt.Sprintf("%d idle connections", p.idle))
+		time.Sleep(300 * time.Millisecond)
+		rss0c, rss0s := rssKiB(t.client), rssKiB(t.server)
+		fd0c, fd0s := fdCount(t.client), fdCount(t.server)
+		conns, errs := openMany(t, p.idle, 16)
+		r.idleErrs = errs
+		time.Sleep(500 * time.Millisecond)
+		n := float64(len(conns))
+		if n > 0 {
+			r.rssClient = float64(rssKiB(t.client)-rss0c) / n
+			r.rssServer = float64(rssKiB(t.server)-rss0s) / n
+			r.fdsClient = float64(fdCount(t.client)-fd0c) / n
+			r.fdsServer = float64(fdCount(t.server)-fd0s) / n
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	progress(fmt.Sprintf("%d setups", p.setups))
+	lat := make([]time.Duration, 0, p.setups)
+	for i := 0; i < p.setups; i++ {
+		start := time.Now()
+		c, err := t.dialTimeout(10 * time.Second)
+		if err != nil {
+			r.setupErrs++
+			continue
+		}
+		lat = append(lat, time.Since(start))
+		c.Close()
+	}
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		r.p50 = lat[len(lat)/2]
+		r.p99 = lat[min(len(lat)-1, len(lat)*99/100)]
+	}
+
+	progress(fmt.Sprintf("single stream, %d MiB each way", p.size>>20))
+	c0, s0, a0 := t.cpu()
+	d, err := streams(t, 1, p.size)
+	if err != nil {
+		return nil, fmt.Errorf("single stream: %w", err)
+	}
+	r.single = float64(p.size) / d.Seconds() / 1e6
+	progress(fmt.Sprintf("%d streams, %d MiB each way in all", p.streams, p.size>>20))
+	d, err = streams(t, p.streams, p.size/int64(p.streams))
+	if err != nil {
+		return nil, fmt.Errorf("%d streams: %w", p.streams, err)
+	}
+	r.multi = float64(p.size) / d.Seconds() / 1e6
+	c1, s1, a1 := t.cpu()
+	r.cpuClient, r.cpuServer, r.cpuAll = c1-c0, s1-s0, a1-a0
+	// Each splice point carried size each way in each of the two phases.
+	r.gib = float64(4*p.size) / (1 << 30)
+	return r, nil
+}
+
+// openMany opens n connections through t, workers at a time, and returns
+// those that worked and the number that failed.
+func openMany(t *topology, n, workers int) ([]*net.TCPConn, int) {
+	var (
+		mu    sync.Mutex
+		conns []*net.TCPConn
+		errs  int
+		next  atomic.Int64
+		wg    sync.WaitGroup
+	)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				c, err := t.dialTimeout(30 * time.Second)
+				mu.Lock()
+				if err != nil {
+					errs++
+				} else {
+					conns = append(conns, c)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return conns, errs
+}
+
+// streams sends size bytes each way on each of n connections at once and
+// returns the time from the first byte to the last.
+func streams(t *topology, n int, size int64) (time.Duration, error) {
+	conns := make([]*net.TCPConn, n)
+	for i := range conns {
+		c, err := t.dialTimeout(30 * time.Second)
+		if err != nil {
+			for _, c := range conns[:i] {
+				c.Close()
+			}
+			return 0, err
+		}
+		conns[i] = c
+	}
+	buf := make([]byte, 256<<10)
+	errc := make(chan error, 2*n)
+	start := time.Now()
+	for _, c := range conns {
+		go func() { errc <- sendN(c, buf, size) }()
+		go func() {
+			_, err := io.CopyN(io.Discard, c, size)
+			errc <- err
+		}()
+	}
+	var all []error
+	for i := 0; i < 2*n; i++ {
+		if err := <-errc; err != nil {
+			all = append(all, err)
+			for _, c := range conns {
+				c.Close()
+			}
+		}
+	}
+	d := time.Since(start)
+	for _, c := range conns {
+		c.Close()
+	}
+	return d, errors.Join(all...)
+}
+
+// sendN writes size bytes from buf, over and over.
+func sendN(c *net.TCPConn, buf []byte, size int64) error {
+	for size > 0 {
+		n := min(int64(len(buf)), size)
+		if _, err := c.Write(buf[:n]); err != nil {
+			return err
+		}
+		size -= n
+	}
+	return nil
+}

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/ptcombiner/ptcombiner/metadata"
+	"github.com/ptcombiner/ptcombiner/ptproc"
+)
+
+// A topology is one way of carrying the load generator's connections to the
+// echo sink: raw TCP, a chain through the combiners, or the same chain
+// through the reference relay.
+type topology struct {
+	kind   string // "a", "b", "c" or "d"
+	pt     string // "test" or "obfs4"; "" for raw TCP
+	hops   int
+	socks  string // where the application connects; "" for raw TCP
+	target string // the SOCKS target (the bridge), or the sink for raw TCP
+	user   []byte // SOCKS credentials: the chain's arguments
+	pass   []byte
+	// The combiner (or reference relay) processes, client and server side,
+	// whose CPU and memory are the figures of interest, and the PT
+	// processes, for the combiner's share of the chain's whole CPU.
+	client, server int
+	pts            func() []int
+	// Splice points: where the combiner (or relay) joins two connections.
+	// The client joins the application to the innermost PT and each PT to
+	// the next; ptcombiner-server also joins each client, on the public
+	// listener it owns, to the outermost PT, which the reference leaves to
+	// the outermost PT itself.
+	splicesClient, splicesServer int
+	closers
+}
+
+func (t *topology) name() string {
+	switch t.kind {
+	case "d":
+		return "(d) raw TCP"
+	case "c":
+		return fmt.Sprintf("(c) reference, %s", t.chain())
+	default:
+		return fmt.Sprintf("(%s) combiners, %s", t.kind, t.chain())
+	}
+}
+
+func (t *topology) chain() string {
+	if t.pt == "" {
+		return "-"
+	}
+	return strings.TrimSuffix(strings.Repeat(t.pt+"|", t.hops), "|")
+}
+
+// env is what every topology shares: binaries, the sink, a work directory.
+type env struct {
+	binDir     string
+	obfs4proxy string
+	work       string
+	cookie     string
+	sinkPlain  string
+	sinkExt    string
+	counter    int
+}
+
+func (e *env) dir(name string) string {
+	e.counter++
+	return filepath.Join(e.work, fmt.Sprintf("%s-%d", name, e.counter))
+}
+
+// ptProgram returns the program for a PT kind, and the server options its
+// hops get: the test PT with key 0 is an identity transform.
+func (e *env) ptProgram(pt string) (path string, opts metadata.Args) {
+	if pt == "test" {
+		return filepath.Join(e.binDir, "testpt"), metadata.Args{"key": {"0"}}
+	}
+	return e.obfs4proxy, nil
+}
+
+// startCombiners runs ptcombiner-server and ptcombiner-client for a chain
+// of hops copies of pt, as a bridge's and a user's tor would.
+func (e *env) startCombiners(kind, pt string, hops int, sinkExt, cookie string) (*topology, error) {
+	t := &topology{kind: kind, pt: pt, hops: hops}
+	prog, opts := e.ptProgram(pt)
+	alias := fmt.Sprintf("%s%d", pt, hops)
+	flags := []string{"--plugin", pt + "=" + prog, "--chain", alias + "=" + t.chain()}
+	server, err := ptproc.Start(context.Background(), ptproc.Spec{
+		Name: "ptcombiner-server", Path: filepath.Join(e.binDir, "ptcombiner-server"), Args: flags,
+		Role: ptproc.Server, Methods: []string{alias}, StateDir: e.dir("server"),
+		Options: map[string]metadata.Args{alias: opts}, ExtORPort: sinkExt, AuthCookieFile: cookie, Logger: logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ptcombiner-server: %w", err)
+	}
+	t.add(func() { server.Close() })
+	sm, ok := server.ServerMethods()[alias]
+	if !ok {
+		t.run()
+		return nil, fmt.Errorf("ptcombiner-server offered no %s: %v", alias, server.MethodErrors())
+	}
+	client, err := ptproc.Start(context.Background(), ptproc.Spec{
+		Name: "ptcombiner-client", Path: filepath.Join(e.binDir, "ptcombiner-client"), Args: flags,
+		Role: ptproc.Client, Methods: []string{alias}, StateDir: e.dir("client"), Logger: logger,
+	})
+	if err != nil {
+		t.run()
+		return nil, fmt.Errorf("ptcombiner-client: %w", err)
+	}
+	t.add(func() { client.Close() })
+	cm, ok := client.Methods()[alias]
+	if !ok {
+		t.run()
+		return nil, fmt.Errorf("ptcombiner-client offered no %s: %v", alias, client.MethodErrors())
+	}
+	if t.user, t.pass, err = metadata.SOCKS5Credentials(metadata.EncodeClientArgs(sm.Args)); err != nil {
+		t.run()
+		return nil, err
+	}
+	t.socks, t.target = cm.Addr.String(), sm.Addr.String()
+	t.client, t.server = client.Pid(), server.Pid()
+	t.pts = func() []int { return append(childPids(t.client), childPids(t.server)...) }
+	t.splicesClient, t.splicesServer = hops, hops+1
+	return t, nil
+}
+
+// startReference runs the same PT programs as tor would run them, one
+// server process per hop (each with its own ORPort) and one client process,
+// and wires them with the reference relay.
+func (e *env) startReference(pt string, hops int) (*topology, error) {
+	t := &topology{kind: "c", pt: pt, hops: hops}
+	prog, opts := e.ptProgram(pt)
+	ptCookie := e.dir("ref-cookie")
+	rs, err := startHelper("relay-server", ptCookie, e.sinkExt, e.cookie)
+	if err != nil {
+		return nil, err
+	}
+	t.add(rs.close)
+	var ptPids []int
+	next := "tor"
+	hopArgs := make([]metadata.Args, hops)
+	for i := 0; i < hops; i++ {
+		fmt.Fprintf(rs.stdin, "forward %s\n", next)
+		orport, err := rs.expect("LISTEN")
+		if err != nil {
+			t.run()
+			return nil, err
+		}
+		var o map[string]metadata.Args
+		if opts != nil {
+			o = map[string]metadata.Args{pt: opts}
+		}
+		p, err := ptproc.Start(context.Background(), ptproc.Spec{
+			Name: filepath.Base(prog), Path: prog, Role: ptproc.Server, Methods: []string{pt},
+			StateDir: e.dir("ref-server"), Options: o, ORPort: orport, ExtORPort: orport, AuthCookieFile: ptCookie,
+			Logger: logger,
+		})
+		if err != nil {
+			t.run()
+			return nil, fmt.Errorf("%s server, hop %d: %w", pt, i, err)
+		}
+		t.add(func() { p.Close() })
+		sm, ok := p.ServerMethods()[pt]
+		if !ok {
+			t.run()
+			return nil, fmt.Errorf("%s server offered no %s: %v", prog, pt, p.MethodErrors())
+		}
+		ptPids = append(ptPids, p.Pid())
+		hopArgs[i] = sm.Args
+		next = sm.Addr.String()
+	}
+	t.target = next
+	p, err := ptproc.Start(context.Background(), ptproc.Spec{
+		Name: filepath.Base(prog), Path: prog, Role: ptproc.Client, Methods: []string{pt},
+		StateDir: e.dir("ref-client"), Logger: logger,
+	})
+	if err != nil {
+		t.run()
+		return nil, fmt.Errorf("%s client: %w", pt, err)
+	}
+	t.add(func() { p.Close() })
+	ptPids = append(ptPids, p.Pid())
+	cm, ok := p.Methods()[pt]
+	if !ok {
+		t.run()
+		return nil, fmt.Errorf("%s client offered no %s: %v", prog, pt, p.MethodErrors())
+	}
+	cfg := make([]relayHop, hops)
+	for i := range cfg {
+		user, pass, err := metadata.SOCKS5Credentials(metadata.EncodeClientArgs(hopArgs[i]))
+		if err != nil {
+			t.run()
+			return nil, err
+		}
+		cfg[i] = relayHop{SOCKS: cm.Addr.String(), User: user, Pass: pass}
+	}
+	rc, err := startHelper("relay-client")
+	if err != nil {
+		t.run()
+		return nil, err
+	}
+	t.add(rc.close)
+	js, _ := json.Marshal(cfg)
+	fmt.Fprintf(rc.stdin, "%s\n", js)
+	if t.socks, err = rc.expect("SOCKS"); err != nil {
+		t.run()
+		return nil, err
+	}
+	// The application sends the chain's arguments as tor would, so that
+	// both sides of the comparison pay for the same SOCKS exchange.
+	if t.user, t.pass, err = metadata.SOCKS5Credentials(metadata.EncodeClientArgs(metadata.JoinHops(hopArgs))); err != nil {
+		t.run()
+		return nil, err
+	}
+	t.client, t.server = rc.pid(), rs.pid()
+	t.pts = func() []int { return ptPids }
+	t.splicesClient, t.splicesServer = hops, hops
+	return t, nil
+}
+
+// childPids lists pid's children: every thread's, since Go starts children
+// from whichever thread runs the goroutine.
+func childPids(pid int) []int {
+	var out []int
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}

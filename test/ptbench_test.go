@@ -1,0 +1,39 @@
+package test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestPtbench keeps `make ptbench` working, at a small size: every
+// topology runs, the ratios print, and held connections all live. It
+// checks no figure: those belong to docs/performance.md, from a full run.
+func TestPtbench(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a dozen processes")
+	}
+	build := exec.Command("go", "build", "-o", binDir+"/", "../test/ptbench")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building ptbench: %v\n%s", err, out)
+	}
+	pts := "test"
+	if _, err := exec.LookPath("obfs4proxy"); err == nil {
+		pts = "test,obfs4"
+	}
+	cmd := exec.Command(bin("ptbench"), "-bin", binDir, "-hops", "1,2", "-pts", pts,
+		"-size", "2", "-setups", "20", "-idle", "30", "-hold", "300")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("ptbench: %v\n%s", err, out)
+	}
+	for _, want := range []string{"(d) raw TCP", "(c) reference, test|test", "(a) combiners, test|test",
+		"(a)/(c) test|test", "opened 300 of 300", "300 of them carried a byte both ways, 0 did not"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("ptbench output lacks %q:\n%s", want, out)
+		}
+	}
+	if pts != "test" && !strings.Contains(string(out), "(b)/(c) obfs4|obfs4") {
+		t.Errorf("ptbench output lacks the obfs4 chains:\n%s", out)
+	}
+}
