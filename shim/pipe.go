@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 )
@@ -18,8 +17,9 @@ import (
 // direction that ends with an error closes both connections at once, which
 // ends the other direction too. Cancelling ctx closes both at once.
 //
-// The copies run io.Copy between the *net.TCPConn values themselves, so the
-// kernel can splice them. err joins every error except EOF and the "use of
+// On Linux the copies splice(2) from socket to socket through a pooled pipe
+// held only while bytes are in flight (splice_linux.go), so an idle
+// connection holds no pipe; elsewhere they run io.Copy. err joins every error except EOF and the "use of
 // closed network connection" that Pipe's own closing causes; it holds ctx's
 // cause when cancellation ended the pipe.
 func Pipe(ctx context.Context, a, b *net.TCPConn) (aToB, bToA int64, err error) {
@@ -71,7 +71,7 @@ type copier struct {
 
 func (c *copier) run(wg *sync.WaitGroup) {
 	defer wg.Done()
-	n, err := io.Copy(c.dst, c.src)
+	n, err := copyTCP(c.dst, c.src)
 	c.n = n
 	if err == nil {
 		// EOF: pass the half-close on and let the other direction go on.

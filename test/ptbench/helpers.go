@@ -30,7 +30,7 @@ func helperMain(mode string, args []string) {
 	case "sink":
 		err = runSink(args)
 	case "relay-client":
-		err = runRelayClient(os.Stdin)
+		err = runRelayClient(os.Stdin, args)
 	case "relay-server":
 		err = runRelayServer(os.Stdin, args)
 	default:

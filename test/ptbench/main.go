@@ -51,7 +51,9 @@ func main() {
 	setups := flag.Int("setups", 500, "connections set up one after another for the setup latency")
 	idle := flag.Int("idle", 1000, "idle chained connections held open for the memory figure")
 	hold := flag.Int("hold", 10000, "chained connections (2 hops, test PT) held at once at the end; 0 skips")
+	refList := flag.String("ref", "loop,splice", "reference relays: loop (c: read and write through a buffer), splice (c': io.Copy)")
 	verbose := flag.Bool("v", false, "show every process's log")
+	flag.DurationVar(&slowSetup, "slow", 0, "report every setup slower than this (to chase stalls)")
 	flag.Parse()
 	if *verbose {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -65,7 +67,13 @@ func main() {
 		hops = append(hops, n)
 	}
 	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle}
-	if err := run(*binDir, hops, strings.Split(*ptList, ","), p, *hold); err != nil {
+	refs := strings.Split(*refList, ",")
+	for _, r := range refs {
+		if r != "loop" && r != "splice" {
+			fail(fmt.Errorf("-ref: %q is neither loop nor splice", r))
+		}
+	}
+	if err := run(*binDir, hops, strings.Split(*ptList, ","), refs, p, *hold); err != nil {
 		fail(err)
 	}
 }
@@ -81,7 +89,7 @@ type row struct {
 	r *result
 }
 
-func run(binDir string, hops []int, pts []string, p params, hold int) error {
+func run(binDir string, hops []int, pts, refs []string, p params, hold int) error {
 	binDir, _ = filepath.Abs(binDir)
 	for _, b := range []string{"ptcombiner-client", "ptcombiner-server", "testpt"} {
 		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
@@ -141,8 +149,10 @@ func run(binDir string, hops []int, pts []string, p params, hold int) error {
 			continue
 		}
 		for _, n := range hops {
-			if err := measureOne(e.startReference(pt, n)); err != nil {
-				return err
+			for _, mode := range refs {
+				if err := measureOne(e.startReference(pt, n, mode)); err != nil {
+					return err
+				}
 			}
 			if err := measureOne(e.startCombiners(kind, pt, n, e.sinkExt, e.cookie)); err != nil {
 				return err
@@ -185,46 +195,59 @@ func printRow(t *topology, r *result) {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// ratios compares each combiner row with the reference row of the same PT
+// ratios compares each combiner row with the reference rows of the same PT
 // and length, against the targets.
 func ratios(rows []row) {
-	fmt.Printf("\nCombiners against the reference (same PT processes, same run). Targets: throughput >= 0.95x\n")
-	fmt.Printf("(2 and 3 hops), CPU per splice point <= 0.6x, setup <= +0.3 ms p50 per hop, <= 32 KiB RSS per conn per hop.\n")
-	fmt.Printf("%-22s %9s %9s %15s %15s %15s %15s\n", "chain", "1 stream", "8 streams", "CPU/splice", "CPU/splice", "setup p50", "RSS KiB/conn/hop")
-	fmt.Printf("%-22s %9s %9s %15s %15s %15s %15s\n", "", "x ref", "x ref", "client x ref", "server x ref", "+ms per hop", "client|server")
-	var ref *row
+	fmt.Printf("\nCombiners against the reference relays (same PT processes, same run). Targets against (c):\n")
+	fmt.Printf("throughput >= 0.95x (2 and 3 hops), CPU per splice point <= 0.6x, setup <= +0.3 ms p50 per hop,\n")
+	fmt.Printf("RSS <= 32 KiB per idle connection per hop. (c') is the same relay with io.Copy, which splices.\n")
+	fmt.Printf("%-22s %9s %9s %13s %13s %11s %11s %17s\n", "", "1 stream", "8 streams", "CPU/splice", "CPU/splice", "setup p50", "setup p50", "RSS KiB/conn/hop")
+	fmt.Printf("%-22s %9s %9s %13s %13s %11s %11s %17s\n", "chain", "x (c)", "x (c)", "c|s x (c)", "c|s x (c')", "+ms/hop (c)", "+ms/hop (c')", "client|server")
+	refs := map[string]*row{}
 	for i := range rows {
 		rw := &rows[i]
-		switch rw.t.kind {
-		case "c":
-			ref = rw
-			continue
-		case "d":
+		if rw.t.kind == "c" || rw.t.kind == "c'" {
+			refs[fmt.Sprintf("%s %s %d", rw.t.kind, rw.t.pt, rw.t.hops)] = rw
+		}
+	}
+	ratio := func(x, y float64) float64 {
+		if y == 0 {
+			return 0
+		}
+		return x / y
+	}
+	for i := range rows {
+		rw := &rows[i]
+		if rw.t.kind != "a" && rw.t.kind != "b" {
 			continue
 		}
-		if ref == nil || ref.t.pt != rw.t.pt || ref.t.hops != rw.t.hops {
-			continue
-		}
-		a, c := rw.r, ref.r
-		h := rw.t.hops
-		ratio := func(x, y float64) float64 {
-			if y == 0 {
-				return 0
+		a, h := rw.r, rw.t.hops
+		cpu := func(ref *row) string {
+			if ref == nil {
+				return "-"
 			}
-			return x / y
+			return fmt.Sprintf("%.2f|%.2f",
+				ratio(a.cpuPerSplice(a.cpuClient, rw.t.splicesClient), ref.r.cpuPerSplice(ref.r.cpuClient, ref.t.splicesClient)),
+				ratio(a.cpuPerSplice(a.cpuServer, rw.t.splicesServer), ref.r.cpuPerSplice(ref.r.cpuServer, ref.t.splicesServer)))
 		}
-		fmt.Printf("(%s)/(c) %-14s %9.2f %9.2f %15.2f %15.2f %+15.3f %15s\n", rw.t.kind, rw.t.chain(),
-			ratio(a.single, c.single), ratio(a.multi, c.multi),
-			ratio(a.cpuPerSplice(a.cpuClient, rw.t.splicesClient), c.cpuPerSplice(c.cpuClient, ref.t.splicesClient)),
-			ratio(a.cpuPerSplice(a.cpuServer, rw.t.splicesServer), c.cpuPerSplice(c.cpuServer, ref.t.splicesServer)),
-			ms(a.p50-c.p50)/float64(h),
-			fmt.Sprintf("%.1f|%.1f", a.rssClient/float64(h), a.rssServer/float64(h)))
-		share := 0.0
+		setup := func(ref *row) string {
+			if ref == nil {
+				return "-"
+			}
+			return fmt.Sprintf("%+.3f", ms(a.p50-ref.r.p50)/float64(h))
+		}
+		c := refs[fmt.Sprintf("c %s %d", rw.t.pt, h)]
+		c2 := refs[fmt.Sprintf("c' %s %d", rw.t.pt, h)]
+		single, multi := "-", "-"
+		if c != nil {
+			single, multi = fmt.Sprintf("%.2f", ratio(a.single, c.r.single)), fmt.Sprintf("%.2f", ratio(a.multi, c.r.multi))
+		}
+		fmt.Printf("(%s) %-18s %9s %9s %13s %13s %11s %11s %17s\n", rw.t.kind, rw.t.chain(), single, multi,
+			cpu(c), cpu(c2), setup(c), setup(c2), fmt.Sprintf("%.1f|%.1f", a.rssClient/float64(h), a.rssServer/float64(h)))
 		if a.cpuAll > 0 {
-			share = (a.cpuClient + a.cpuServer) / a.cpuAll
+			fmt.Printf("%-22s the combiners spent %.2f of the chain's %.2f CPU s per GiB each way (%.1f%%)\n", "",
+				(a.cpuClient+a.cpuServer)/(a.gib/2), a.cpuAll/(a.gib/2), 100*(a.cpuClient+a.cpuServer)/a.cpuAll)
 		}
-		fmt.Printf("%-22s combiners' share of the chain's CPU: %.1f%% (%.2f of %.2f CPU s/GiB each way)\n", "",
-			100*share, (a.cpuClient+a.cpuServer)/(a.gib/2), a.cpuAll/(a.gib/2))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,9 @@ import (
 
 	"github.com/ptcombiner/ptcombiner/shim"
 )
+
+// slowSetup, when set (-slow), reports every setup that took longer.
+var slowSetup time.Duration
 
 // params are the sizes of one run.
 type params struct {
@@ -139,7 +143,11 @@ func measure(t *topology, p params, progress func(string)) (*result, error) {
 			r.setupErrs++
 			continue
 		}
-		lat = append(lat, time.Since(start))
+		d := time.Since(start)
+		lat = append(lat, d)
+		if slowSetup > 0 && d > slowSetup {
+			fmt.Fprintf(os.Stderr, "slow setup: %v at %s (%s)\n", d, start.Format("15:04:05.000000"), c.LocalAddr())
+		}
 		c.Close()
 	}
 	if len(lat) > 0 {

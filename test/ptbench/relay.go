@@ -40,7 +40,13 @@ type relayHop struct {
 	Pass  []byte `json:"pass"`
 }
 
-func runRelayClient(stdin io.Reader) error {
+func runRelayClient(stdin io.Reader, args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: relay-client loop|splice")
+	}
+	if err := setCopy(args[0]); err != nil {
+		return err
+	}
 	in := bufio.NewReader(stdin)
 	line, err := in.ReadBytes('\n')
 	if err != nil {
@@ -174,16 +180,49 @@ func readSOCKS5(c net.Conn) (string, error) {
 	return net.JoinHostPort(ip.String(), strconv.Itoa(port)), nil
 }
 
+// copyBytes is how the relay moves bytes: io.Copy, which splices between
+// TCP connections on Linux, or, with the "loop" argument, the textbook loop
+// of read and write through a 32 KiB buffer, as relays in most languages
+// (and Go code on wrapped connections) do.
+var copyBytes = func(dst, src net.Conn) { io.Copy(dst, src) }
+
+func copyLoop(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// setCopy picks the copy from a helper's last argument.
+func setCopy(mode string) error {
+	switch mode {
+	case "splice":
+	case "loop":
+		copyBytes = copyLoop
+	default:
+		return fmt.Errorf("copy mode %q is neither loop nor splice", mode)
+	}
+	return nil
+}
+
 // join copies both ways until either side ends, then closes both.
 func join(a, b net.Conn) {
 	done := make(chan struct{})
 	go func() {
-		io.Copy(a, b)
+		copyBytes(a, b)
 		a.Close()
 		b.Close()
 		close(done)
 	}()
-	io.Copy(b, a)
+	copyBytes(b, a)
 	a.Close()
 	b.Close()
 	<-done
@@ -200,8 +239,11 @@ func join(a, b net.Conn) {
 // from the outermost PT, the client itself. The sink hears the client's
 // address, as tor must.
 func runRelayServer(stdin io.Reader, args []string) error {
-	if len(args) != 3 {
-		return errors.New("usage: relay-server PTCOOKIE SINKEXT SINKCOOKIE")
+	if len(args) != 4 {
+		return errors.New("usage: relay-server PTCOOKIE SINKEXT SINKCOOKIE loop|splice")
+	}
+	if err := setCopy(args[3]); err != nil {
+		return err
 	}
 	cookie, err := extorport.WriteCookieFile(args[0])
 	if err != nil {

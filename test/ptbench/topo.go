@@ -17,7 +17,7 @@ import (
 // echo sink: raw TCP, a chain through the combiners, or the same chain
 // through the reference relay.
 type topology struct {
-	kind   string // "a", "b", "c" or "d"
+	kind   string // "a", "b", "c" (the reference), "c'" (the reference with splice) or "d"
 	pt     string // "test" or "obfs4"; "" for raw TCP
 	hops   int
 	socks  string // where the application connects; "" for raw TCP
@@ -43,7 +43,9 @@ func (t *topology) name() string {
 	case "d":
 		return "(d) raw TCP"
 	case "c":
-		return fmt.Sprintf("(c) reference, %s", t.chain())
+		return fmt.Sprintf("(c) relay, loop, %s", t.chain())
+	case "c'":
+		return fmt.Sprintf("(c') relay, splice, %s", t.chain())
 	default:
 		return fmt.Sprintf("(%s) combiners, %s", t.kind, t.chain())
 	}
@@ -130,11 +132,14 @@ func (e *env) startCombiners(kind, pt string, hops int, sinkExt, cookie string) 
 // startReference runs the same PT programs as tor would run them, one
 // server process per hop (each with its own ORPort) and one client process,
 // and wires them with the reference relay.
-func (e *env) startReference(pt string, hops int) (*topology, error) {
+func (e *env) startReference(pt string, hops int, copyMode string) (*topology, error) {
 	t := &topology{kind: "c", pt: pt, hops: hops}
+	if copyMode == "splice" {
+		t.kind = "c'"
+	}
 	prog, opts := e.ptProgram(pt)
 	ptCookie := e.dir("ref-cookie")
-	rs, err := startHelper("relay-server", ptCookie, e.sinkExt, e.cookie)
+	rs, err := startHelper("relay-server", ptCookie, e.sinkExt, e.cookie, copyMode)
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +202,7 @@ func (e *env) startReference(pt string, hops int) (*topology, error) {
 		}
 		cfg[i] = relayHop{SOCKS: cm.Addr.String(), User: user, Pass: pass}
 	}
-	rc, err := startHelper("relay-client")
+	rc, err := startHelper("relay-client", copyMode)
 	if err != nil {
 		t.run()
 		return nil, err

@@ -1,0 +1,198 @@
+package shim
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+)
+
+// Linux splice(2) between two TCP connections, holding a pipe only while
+// bytes are in flight.
+//
+// io.Copy between two *net.TCPConn splices too, but it takes a pipe (two
+// descriptors, and up to 1 MiB of kernel buffer) for the whole life of the
+// copy, idle or not: a chained connection of n hops then holds 4n pipes in
+// the client and 4(n+1) in the server while it waits for its next cell.
+// Here a pipe comes from a pool when the source has bytes to read and goes
+// back, empty, as soon as the source would block, so idle connections hold
+// sockets only. The system calls per chunk are the same as io.Copy's: one
+// splice in, one or more out, and the splice in that meets EAGAIN.
+
+const (
+	spliceMove     = 0x1  // SPLICE_F_MOVE
+	spliceNonblock = 0x2  // SPLICE_F_NONBLOCK
+	fSetPipeSize   = 1031 // F_SETPIPE_SZ
+	// spliceChunk is the most one splice moves into the pipe, and the pipe's
+	// size when the kernel allows it (as io.Copy's splice does).
+	spliceChunk = 1 << 20
+)
+
+// kernelPipe is a non-blocking pipe used to splice one chunk at a time.
+type kernelPipe struct {
+	r, w    int
+	cleanup runtime.Cleanup
+}
+
+// pipePool holds empty pipes. Pipes dropped by the pool (at GC) are closed
+// by their cleanup.
+var pipePool = sync.Pool{New: func() any {
+	var fds [2]int
+	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+		return nil
+	}
+	// A smaller pipe (the limit is per user: fs.pipe-user-pages-soft) only
+	// costs more system calls.
+	syscall.Syscall(syscall.SYS_FCNTL, uintptr(fds[0]), fSetPipeSize, spliceChunk)
+	p := &kernelPipe{r: fds[0], w: fds[1]}
+	p.cleanup = runtime.AddCleanup(p, func(fds [2]int) { syscall.Close(fds[0]); syscall.Close(fds[1]) }, fds)
+	return p
+}}
+
+func getPipe() *kernelPipe {
+	p, _ := pipePool.Get().(*kernelPipe)
+	return p
+}
+
+// destroy closes a pipe that may still hold bytes; it must not go back to
+// the pool.
+func (p *kernelPipe) destroy() {
+	p.cleanup.Stop()
+	syscall.Close(p.r)
+	syscall.Close(p.w)
+}
+
+// splicer is one direction's state. Its methods are bound to it once (in
+// newSplicer), so the copy loop allocates nothing per chunk.
+type splicer struct {
+	src, dst syscall.RawConn
+	pipe     *kernelPipe
+	inPipe   int   // bytes in the pipe, not yet written to dst
+	eof      bool  // the source ended
+	err      error // the last splice's error
+	noPipe   bool  // the pool could not make a pipe
+
+	fill, drain func(fd uintptr) bool
+}
+
+func newSplicer(dst, src *net.TCPConn) (*splicer, error) {
+	rs, err := src.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	rd, err := dst.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	s := &splicer{src: rs, dst: rd}
+	s.fill = s.fillOnce
+	s.drain = s.drainOnce
+	return s, nil
+}
+
+// fillOnce is called by src's RawConn.Read each time src may be readable:
+// it takes a pipe, splices what src has into it, and when src has nothing
+// yet gives the pipe back and asks to wait (false).
+func (s *splicer) fillOnce(fd uintptr) bool {
+	if s.pipe == nil {
+		if s.pipe = getPipe(); s.pipe == nil {
+			s.noPipe = true
+			return true
+		}
+	}
+	for {
+		n, err := syscall.Splice(int(fd), nil, s.pipe.w, nil, spliceChunk, spliceMove|spliceNonblock)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			pipePool.Put(s.pipe) // empty: every byte went to dst already
+			s.pipe = nil
+			return false
+		case err != nil:
+			s.err = os.NewSyscallError("splice", err)
+		case n == 0:
+			s.eof = true
+		default:
+			s.inPipe = int(n)
+		}
+		return true
+	}
+}
+
+// drainOnce is called by dst's RawConn.Write each time dst may be writable:
+// it splices the pipe's bytes out, and asks to wait (false) while dst is full.
+func (s *splicer) drainOnce(fd uintptr) bool {
+	for s.inPipe > 0 {
+		n, err := syscall.Splice(s.pipe.r, nil, int(fd), nil, s.inPipe, spliceMove|spliceNonblock)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return false
+		case err != nil:
+			s.err = os.NewSyscallError("splice", err)
+			return true
+		}
+		s.inPipe -= int(n)
+	}
+	return true
+}
+
+// copyTCP copies src to dst until src's EOF (nil error) or an error, by
+// splice; where splice cannot be used it goes on with io.Copy.
+func copyTCP(dst, src *net.TCPConn) (int64, error) {
+	n, err := spliceCopy(dst, src)
+	if errors.Is(err, errNoSplice) {
+		m, err := io.Copy(dst, src)
+		return n + m, err
+	}
+	return n, err
+}
+
+// errNoSplice says that splice cannot go on; nothing was lost.
+var errNoSplice = errors.New("splice unavailable")
+
+func spliceCopy(dst, src *net.TCPConn) (written int64, err error) {
+	s, err := newSplicer(dst, src)
+	if err != nil {
+		return 0, errNoSplice
+	}
+	defer func() {
+		if s.pipe != nil {
+			if s.inPipe == 0 {
+				pipePool.Put(s.pipe)
+			} else {
+				s.pipe.destroy()
+			}
+		}
+	}()
+	for {
+		if rerr := s.src.Read(s.fill); rerr != nil {
+			return written, rerr
+		}
+		switch {
+		case s.noPipe:
+			return written, errNoSplice
+		case s.err != nil:
+			if errors.Is(s.err, syscall.EINVAL) {
+				return written, errNoSplice // the kernel cannot splice these
+			}
+			return written, s.err
+		case s.eof:
+			return written, nil
+		}
+		n := s.inPipe
+		werr := s.dst.Write(s.drain)
+		written += int64(n - s.inPipe)
+		if werr != nil {
+			return written, werr
+		}
+		if s.err != nil {
+			return written, s.err
+		}
+	}
+}
