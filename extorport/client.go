@@ -81,17 +81,35 @@ func clientHandshake(ctx context.Context, conn net.Conn, cfg ClientConfig, meta 
 			}
 		}
 	}()
-	if err := clientAuth(conn, cookie); err != nil {
+	meta0, err := encodeMeta(meta)
+	if err != nil {
 		return err
 	}
-	if err := clientSendMeta(conn, meta); err != nil {
+	if err := clientAuth(conn, cookie, meta0); err != nil {
 		return err
 	}
 	return clientAwaitOkay(conn)
 }
 
-// clientAuth runs SAFE_COOKIE authentication (ext-orport-spec 2, 2.1).
-func clientAuth(rw io.ReadWriter, cookie []byte) error {
+// clientAuth runs SAFE_COOKIE authentication (ext-orport-spec 2, 2.1) and
+// sends the metadata frames, in two round trips rather than four: the
+// AuthType and ClientNonce go out at once, without waiting for the server's
+// AuthTypes (SAFE_COOKIE is the only type there is), and the metadata
+// frames go out with the ClientHash, without waiting for the AuthStatus.
+// Tor reads both in order from its buffer (ext_orport.c processes
+// authentication data in a loop, then commands); a server that refuses
+// either one closes the connection, which fails the handshake here.
+func clientAuth(rw io.ReadWriter, cookie, meta []byte) error {
+	// "AuthType [1 octet]" then "ClientNonce [32 octets]", in one write.
+	msg := make([]byte, 1+nonceLen)
+	msg[0] = authTypeSafeCookie
+	clientNonce := msg[1:]
+	if _, err := rand.Read(clientNonce); err != nil {
+		return fmt.Errorf("extorport: generating client nonce: %w", err)
+	}
+	if _, err := rw.Write(msg); err != nil {
+		return fmt.Errorf("extorport: sending auth type and client nonce: %w", err)
+	}
 	// ext-orport-spec 2: "AuthTypes are the authentication schemes that the
 	// server supports for this session. They are multiple concatenated
 	// 1-octet values that take values from 1 to 255." then "EndAuthTypes is
@@ -113,19 +131,7 @@ func clientAuth(rw io.ReadWriter, cookie []byte) error {
 		}
 	}
 	if !offered {
-		// The spec lets the client answer 0 ("did not like the
-		// authentication types"); closing says the same and sends nothing.
 		return fmt.Errorf("%w: server does not offer SAFE_COOKIE", ErrUnsupportedAuth)
-	}
-	// "AuthType [1 octet]" then "ClientNonce [32 octets]", in one write.
-	msg := make([]byte, 1+nonceLen)
-	msg[0] = authTypeSafeCookie
-	clientNonce := msg[1:]
-	if _, err := rand.Read(clientNonce); err != nil {
-		return fmt.Errorf("extorport: generating client nonce: %w", err)
-	}
-	if _, err := rw.Write(msg); err != nil {
-		return fmt.Errorf("extorport: sending auth type and client nonce: %w", err)
 	}
 	// "ServerHash [32 octets], ServerNonce [32 octets]".
 	reply := make([]byte, hashLen+nonceLen)
@@ -137,8 +143,9 @@ func clientAuth(rw io.ReadWriter, cookie []byte) error {
 	if !hmac.Equal(serverHash, authHash(cookie, serverHashContext, clientNonce, serverNonce)) {
 		return fmt.Errorf("%w: wrong server hash (stale cookie file?)", ErrAuthFailed)
 	}
-	if _, err := rw.Write(authHash(cookie, clientHashContext, clientNonce, serverNonce)); err != nil {
-		return fmt.Errorf("extorport: sending client hash: %w", err)
+	out := append(authHash(cookie, clientHashContext, clientNonce, serverNonce), meta...)
+	if _, err := rw.Write(out); err != nil {
+		return fmt.Errorf("extorport: sending client hash and metadata: %w", err)
 	}
 	// "AuthStatus [1 octet]": 1 on success, 0 on failure.
 	if _, err := io.ReadFull(rw, b[:]); err != nil {
@@ -150,27 +157,24 @@ func clientAuth(rw io.ReadWriter, cookie []byte) error {
 	return nil
 }
 
-// clientSendMeta sends USERADDR, TRANSPORT (each if non-empty) and DONE in one
-// write (ext-orport-spec 3.1.1).
-func clientSendMeta(w io.Writer, meta Meta) error {
+// encodeMeta encodes USERADDR, TRANSPORT (each if non-empty) and DONE
+// (ext-orport-spec 3.1.1), to be sent in one write.
+func encodeMeta(meta Meta) ([]byte, error) {
 	var buf frameBuffer
 	if meta.UserAddr != "" {
 		if err := WriteFrame(&buf, CmdUserAddr, []byte(meta.UserAddr)); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if meta.Transport != "" {
 		if err := WriteFrame(&buf, CmdTransport, []byte(meta.Transport)); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if err := WriteFrame(&buf, CmdDone, nil); err != nil {
-		return err
+		return nil, err
 	}
-	if _, err := w.Write(buf); err != nil {
-		return fmt.Errorf("extorport: sending metadata and DONE: %w", err)
-	}
-	return nil
+	return buf, nil
 }
 
 // frameBuffer collects frames so they leave in a single write.

@@ -177,12 +177,16 @@ func TestClientHandshakeFailures(t *testing.T) {
 		serve   func(c *net.TCPConn) error
 		wantErr error
 	}{
+		// The client sends its AuthType and ClientNonce without waiting for
+		// the AuthTypes, and nothing more.
 		{name: "no SAFE_COOKIE offered", serve: func(c *net.TCPConn) error {
 			c.Write([]byte{2, 3, 0})
+			io.ReadFull(c, make([]byte, 1+nonceLen))
 			return readAll(c)
 		}, wantErr: ErrUnsupportedAuth},
 		{name: "no end of auth types", serve: func(c *net.TCPConn) error {
 			c.Write(bytes.Repeat([]byte{1}, 300))
+			io.ReadFull(c, make([]byte, 1+nonceLen))
 			return readAll(c)
 		}},
 		{name: "wrong server hash", serve: func(c *net.TCPConn) error {
@@ -204,6 +208,10 @@ func TestClientHandshakeFailures(t *testing.T) {
 			nonce := make([]byte, nonceLen)
 			c.Write(append(authHash(cookie, serverHashContext, msg[1:], nonce), nonce...))
 			io.ReadFull(c, make([]byte, hashLen))
+			// The metadata comes with the ClientHash, not after the AuthStatus.
+			if _, err := serverReadMeta(c, DefaultMaxFrames); err != nil {
+				return err
+			}
 			c.Write([]byte{0})
 			return readAll(c)
 		}, wantErr: ErrAuthFailed},
