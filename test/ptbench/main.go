@@ -120,22 +120,27 @@ func run(binDir string, hops []int, pts, refs []string, p params, hold int) erro
 	started := time.Now()
 	header()
 	var rows []row
-	measureOne := func(t *topology, err error) error {
-		if err != nil {
-			return err
-		}
-		defer t.run()
-		r, err := measure(t, p, func(s string) {
+	// measure runs a group of topologies that carry the same chain, and
+	// closes them.
+	measure := func(group []*topology) error {
+		defer func() {
+			for _, t := range group {
+				t.run()
+			}
+		}()
+		rs, err := measureGroup(group, p, func(t *topology, s string) {
 			fmt.Fprintf(os.Stderr, "  %-36s %s\n", t.name(), s)
 		})
 		if err != nil {
-			return fmt.Errorf("%s: %w", t.name(), err)
+			return err
 		}
-		rows = append(rows, row{t, r})
-		printRow(t, r)
+		for i, t := range group {
+			rows = append(rows, row{t, rs[i]})
+			printRow(t, rs[i])
+		}
 		return nil
 	}
-	if err := measureOne(&topology{kind: "d", target: e.sinkPlain}, nil); err != nil {
+	if err := measure([]*topology{{kind: "d", target: e.sinkPlain}}); err != nil {
 		return err
 	}
 	for _, pt := range pts {
@@ -149,12 +154,21 @@ func run(binDir string, hops []int, pts, refs []string, p params, hold int) erro
 			continue
 		}
 		for _, n := range hops {
+			var group []*topology
 			for _, mode := range refs {
-				if err := measureOne(e.startReference(pt, n, mode)); err != nil {
+				t, err := e.startReference(pt, n, mode)
+				if err != nil {
+					closeGroup(group)
 					return err
 				}
+				group = append(group, t)
 			}
-			if err := measureOne(e.startCombiners(kind, pt, n, e.sinkExt, e.cookie)); err != nil {
+			t, err := e.startCombiners(kind, pt, n, e.sinkExt, e.cookie)
+			if err != nil {
+				closeGroup(group)
+				return err
+			}
+			if err := measure(append(group, t)); err != nil {
 				return err
 			}
 		}
@@ -175,6 +189,12 @@ func run(binDir string, hops []int, pts, refs []string, p params, hold int) erro
 		return fmt.Errorf("%d connections failed (the errors column)", errs)
 	}
 	return nil
+}
+
+func closeGroup(group []*topology) {
+	for _, t := range group {
+		t.run()
+	}
 }
 
 func header() {

@@ -100,80 +100,99 @@ func (t *topology) cpu() (client, server, all float64) {
 	return client, server, all
 }
 
-// measure runs every phase on t: idle connections first (so that the
-// memory figure is not blurred by what the transfers left), then setup
-// latency, then the single stream and the 8 streams.
-func measure(t *topology, p params, progress func(string)) (*result, error) {
-	r := &result{}
-	for i := 0; i < 5; i++ { // warm up: the PTs' first connections
-		c, err := t.dialTimeout(30 * time.Second)
-		if err != nil {
-			return nil, fmt.Errorf("warm-up: %w", err)
-		}
-		c.Close()
-	}
-
-	if p.idle > 0 && t.client != 0 {
-		progress(fmt.Sprintf("%d idle connections", p.idle))
-		time.Sleep(300 * time.Millisecond)
-		rss0c, rss0s := rssKiB(t.client), rssKiB(t.server)
-		fd0c, fd0s := fdCount(t.client), fdCount(t.server)
-		conns, errs := openMany(t, p.idle, 16)
-		r.idleErrs = errs
-		time.Sleep(500 * time.Millisecond)
-		n := float64(len(conns))
-		if n > 0 {
-			r.rssClient = float64(rssKiB(t.client)-rss0c) / n
-			r.rssServer = float64(rssKiB(t.server)-rss0s) / n
-			r.fdsClient = float64(fdCount(t.client)-fd0c) / n
-			r.fdsServer = float64(fdCount(t.server)-fd0s) / n
-		}
-		for _, c := range conns {
+// measureGroup measures topologies that carry the same chain side by side,
+// all running at once: idle connections first, one topology after another
+// (so that the memory figure is not blurred by what the transfers left),
+// then setup latency, interleaved (one setup of each in turn, so that the
+// machine's drift weighs on all alike), then the single stream and the 8
+// streams, one topology after another (so that each has the CPUs to itself).
+func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([]*result, error) {
+	rs := make([]*result, len(ts))
+	for i, t := range ts {
+		rs[i] = &result{}
+		for k := 0; k < 5; k++ { // warm up: the PTs' first connections
+			c, err := t.dialTimeout(30 * time.Second)
+			if err != nil {
+				return nil, fmt.Errorf("%s: warm-up: %w", t.name(), err)
+			}
 			c.Close()
 		}
-		time.Sleep(500 * time.Millisecond)
+	}
+	for i, t := range ts {
+		if p.idle > 0 && t.client != 0 {
+			progress(t, fmt.Sprintf("%d idle connections", p.idle))
+			measureIdle(t, rs[i], p.idle)
+		}
 	}
 
-	progress(fmt.Sprintf("%d setups", p.setups))
-	lat := make([]time.Duration, 0, p.setups)
-	for i := 0; i < p.setups; i++ {
-		start := time.Now()
-		c, err := t.dialTimeout(10 * time.Second)
+	lat := make([][]time.Duration, len(ts))
+	for k := 0; k < p.setups; k++ {
+		if k%100 == 0 {
+			progress(ts[0], fmt.Sprintf("setups %d-%d of %d, interleaved", k+1, min(k+100, p.setups), p.setups))
+		}
+		for i, t := range ts {
+			start := time.Now()
+			c, err := t.dialTimeout(10 * time.Second)
+			if err != nil {
+				rs[i].setupErrs++
+				continue
+			}
+			d := time.Since(start)
+			lat[i] = append(lat[i], d)
+			if slowSetup > 0 && d > slowSetup {
+				fmt.Fprintf(os.Stderr, "slow setup: %s: %v at %s (%s)\n", t.name(), d, start.Format("15:04:05.000000"), c.LocalAddr())
+			}
+			c.Close()
+		}
+	}
+	for i := range ts {
+		if l := lat[i]; len(l) > 0 {
+			slices.Sort(l)
+			rs[i].p50 = l[len(l)/2]
+			rs[i].p99 = l[min(len(l)-1, len(l)*99/100)]
+		}
+	}
+
+	for i, t := range ts {
+		r := rs[i]
+		progress(t, fmt.Sprintf("single stream, %d MiB each way", p.size>>20))
+		c0, s0, a0 := t.cpu()
+		d, err := streams(t, 1, p.size)
 		if err != nil {
-			r.setupErrs++
-			continue
+			return nil, fmt.Errorf("%s: single stream: %w", t.name(), err)
 		}
-		d := time.Since(start)
-		lat = append(lat, d)
-		if slowSetup > 0 && d > slowSetup {
-			fmt.Fprintf(os.Stderr, "slow setup: %v at %s (%s)\n", d, start.Format("15:04:05.000000"), c.LocalAddr())
+		r.single = float64(p.size) / d.Seconds() / 1e6
+		progress(t, fmt.Sprintf("%d streams, %d MiB each way in all", p.streams, p.size>>20))
+		d, err = streams(t, p.streams, p.size/int64(p.streams))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %d streams: %w", t.name(), p.streams, err)
 		}
-		c.Close()
+		r.multi = float64(p.size) / d.Seconds() / 1e6
+		c1, s1, a1 := t.cpu()
+		r.cpuClient, r.cpuServer, r.cpuAll = c1-c0, s1-s0, a1-a0
+		// Each splice point carried size each way in each of the two phases.
+		r.gib = float64(4*p.size) / (1 << 30)
 	}
-	if len(lat) > 0 {
-		slices.Sort(lat)
-		r.p50 = lat[len(lat)/2]
-		r.p99 = lat[min(len(lat)-1, len(lat)*99/100)]
-	}
+	return rs, nil
+}
 
-	progress(fmt.Sprintf("single stream, %d MiB each way", p.size>>20))
-	c0, s0, a0 := t.cpu()
-	d, err := streams(t, 1, p.size)
-	if err != nil {
-		return nil, fmt.Errorf("single stream: %w", err)
+// measureIdle opens n connections through t, holds them, and records the
+// growth of the combiner's (or relay's) memory and descriptors.
+func measureIdle(t *topology, r *result, n int) {
+	time.Sleep(300 * time.Millisecond)
+	rss0c, rss0s := rssKiB(t.client), rssKiB(t.server)
+	fd0c, fd0s := fdCount(t.client), fdCount(t.server)
+	conns, errs := openMany(t, n, 16)
+	r.idleErrs = errs
+	time.Sleep(500 * time.Millisecond)
+	if k := float64(len(conns)); k > 0 {
+		r.rssClient = float64(rssKiB(t.client)-rss0c) / k
+		r.rssServer = float64(rssKiB(t.server)-rss0s) / k
+		r.fdsClient = float64(fdCount(t.client)-fd0c) / k
+		r.fdsServer = float64(fdCount(t.server)-fd0s) / k
 	}
-	r.single = float64(p.size) / d.Seconds() / 1e6
-	progress(fmt.Sprintf("%d streams, %d MiB each way in all", p.streams, p.size>>20))
-	d, err = streams(t, p.streams, p.size/int64(p.streams))
-	if err != nil {
-		return nil, fmt.Errorf("%d streams: %w", p.streams, err)
-	}
-	r.multi = float64(p.size) / d.Seconds() / 1e6
-	c1, s1, a1 := t.cpu()
-	r.cpuClient, r.cpuServer, r.cpuAll = c1-c0, s1-s0, a1-a0
-	// Each splice point carried size each way in each of the two phases.
-	r.gib = float64(4*p.size) / (1 << 30)
-	return r, nil
+	closeAll(conns)
+	time.Sleep(500 * time.Millisecond)
 }
 
 // openMany opens n connections through t, workers at a time, and returns
