@@ -198,19 +198,20 @@ func closeGroup(group []*topology) {
 }
 
 func header() {
-	fmt.Printf("%-30s %9s %9s %8s %8s %13s %13s %13s %7s\n", "", "1 stream", "8 streams", "setup", "setup", "CPU s/GiB", "RSS KiB/conn", "fds/conn", "")
-	fmt.Printf("%-30s %9s %9s %8s %8s %13s %13s %13s %7s\n", "topology", "MB/s", "MB/s", "p50 ms", "p99 ms", "/splice c|s", "c|s", "c|s", "errors")
+	fmt.Printf("%-36s %8s %9s %7s %7s %11s %9s %13s %9s %6s\n", "", "1 stream", "8 streams", "setup", "setup", "CPU s/GiB", "chain CPU", "RSS KiB/conn", "fds/conn", "")
+	fmt.Printf("%-36s %8s %9s %7s %7s %11s %9s %13s %9s %6s\n", "topology", "MB/s", "MB/s", "p50 ms", "p99 ms", "/splice c|s", "s/GiB", "c|s", "c|s", "errors")
 }
 
 func printRow(t *topology, r *result) {
-	cpu, rss, fds := "-", "-", "-"
+	cpu, all, rss, fds := "-", "-", "-", "-"
 	if t.client != 0 {
 		cpu = fmt.Sprintf("%.2f|%.2f", r.cpuPerSplice(r.cpuClient, t.splicesClient), r.cpuPerSplice(r.cpuServer, t.splicesServer))
+		all = fmt.Sprintf("%.2f", r.cpuAll/(r.gib/2))
 		rss = fmt.Sprintf("%.1f|%.1f", r.rssClient, r.rssServer)
-		fds = fmt.Sprintf("%.1f|%.1f", r.fdsClient, r.fdsServer)
+		fds = fmt.Sprintf("%.0f|%.0f", r.fdsClient, r.fdsServer)
 	}
-	fmt.Printf("%-30s %9.0f %9.0f %8.2f %8.2f %13s %13s %13s %7d\n", t.name(), r.single, r.multi,
-		ms(r.p50), ms(r.p99), cpu, rss, fds, r.setupErrs+r.idleErrs)
+	fmt.Printf("%-36s %8.0f %9.0f %7.2f %7.2f %11s %9s %13s %9s %6d\n", t.name(), r.single, r.multi,
+		ms(r.p50), ms(r.p99), cpu, all, rss, fds, r.setupErrs+r.idleErrs)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

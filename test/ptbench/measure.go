@@ -90,7 +90,7 @@ func (t *topology) dialTimeout(d time.Duration) (*net.TCPConn, error) {
 
 func (t *topology) cpu() (client, server, all float64) {
 	if t.client == 0 {
-		return 0, 0, 0
+		return 0, 0, 0 // raw TCP: only the load generator and the sink
 	}
 	client, server = cpuSeconds(t.client), cpuSeconds(t.server)
 	all = client + server
@@ -105,7 +105,7 @@ func (t *topology) cpu() (client, server, all float64) {
 // (so that the memory figure is not blurred by what the transfers left),
 // then setup latency, interleaved (one setup of each in turn, so that the
 // machine's drift weighs on all alike), then the single stream and the 8
-// streams, one topology after another (so that each has the CPUs to itself).
+// streams, in rounds (each topology has the CPUs to itself while it runs).
 func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([]*result, error) {
 	rs := make([]*result, len(ts))
 	for i, t := range ts {
@@ -153,25 +153,37 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 		}
 	}
 
-	for i, t := range ts {
-		r := rs[i]
-		progress(t, fmt.Sprintf("single stream, %d MiB each way", p.size>>20))
-		c0, s0, a0 := t.cpu()
-		d, err := streams(t, 1, p.size)
-		if err != nil {
-			return nil, fmt.Errorf("%s: single stream: %w", t.name(), err)
+	// The streams run in rounds, each topology in turn within a round, so
+	// that a slow moment of the machine does not fall on one topology only.
+	const rounds = 4
+	single := make([]time.Duration, len(ts))
+	multi := make([]time.Duration, len(ts))
+	part := p.size / rounds
+	for round := 1; round <= rounds; round++ {
+		for i, t := range ts {
+			r := rs[i]
+			progress(t, fmt.Sprintf("round %d of %d: 1 stream, then %d, %d MiB each way", round, rounds, p.streams, part>>20))
+			c0, s0, a0 := t.cpu()
+			d, err := streams(t, 1, part)
+			if err != nil {
+				return nil, fmt.Errorf("%s: single stream: %w", t.name(), err)
+			}
+			single[i] += d
+			if d, err = streams(t, p.streams, part/int64(p.streams)); err != nil {
+				return nil, fmt.Errorf("%s: %d streams: %w", t.name(), p.streams, err)
+			}
+			multi[i] += d
+			c1, s1, a1 := t.cpu()
+			r.cpuClient += c1 - c0
+			r.cpuServer += s1 - s0
+			r.cpuAll += a1 - a0
 		}
-		r.single = float64(p.size) / d.Seconds() / 1e6
-		progress(t, fmt.Sprintf("%d streams, %d MiB each way in all", p.streams, p.size>>20))
-		d, err = streams(t, p.streams, p.size/int64(p.streams))
-		if err != nil {
-			return nil, fmt.Errorf("%s: %d streams: %w", t.name(), p.streams, err)
-		}
-		r.multi = float64(p.size) / d.Seconds() / 1e6
-		c1, s1, a1 := t.cpu()
-		r.cpuClient, r.cpuServer, r.cpuAll = c1-c0, s1-s0, a1-a0
-		// Each splice point carried size each way in each of the two phases.
-		r.gib = float64(4*p.size) / (1 << 30)
+	}
+	for i, r := range rs {
+		r.single = float64(part*rounds) / single[i].Seconds() / 1e6
+		r.multi = float64(part*rounds) / multi[i].Seconds() / 1e6
+		// Each splice point carried part each way in each phase of each round.
+		r.gib = float64(4*part*rounds) / (1 << 30)
 	}
 	return rs, nil
 }
