@@ -31,6 +31,7 @@ demo-network:
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 40m -skip '^TestPrivateTorNetwork$$' ./...
+	$(GO) test -count=1 -run 'AllocatesNothing' ./shim/
 	$(MAKE) --no-print-directory demo-network
 
 test-short:

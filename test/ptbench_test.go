@@ -27,13 +27,13 @@ func TestPtbench(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ptbench: %v\n%s", err, out)
 	}
-	for _, want := range []string{"(d) raw TCP", "(c) reference, test|test", "(a) combiners, test|test",
-		"(a)/(c) test|test", "opened 300 of 300", "300 of them carried a byte both ways, 0 did not"} {
+	for _, want := range []string{"(d) raw TCP", "(c) relay, loop, test|test", "(c') relay, splice, test|test", "(a) combiners, test|test",
+		"(a) test|test  ", "opened 300 of 300", "300 of them carried a byte both ways, 0 did not"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("ptbench output lacks %q:\n%s", want, out)
 		}
 	}
-	if pts != "test" && !strings.Contains(string(out), "(b)/(c) obfs4|obfs4") {
+	if pts != "test" && !strings.Contains(string(out), "(b) obfs4|obfs4  ") {
 		t.Errorf("ptbench output lacks the obfs4 chains:\n%s", out)
 	}
 }
