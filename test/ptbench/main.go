@@ -52,6 +52,7 @@ func main() {
 	idle := flag.Int("idle", 1000, "idle chained connections held open for the memory figure")
 	hold := flag.Int("hold", 10000, "chained connections (2 hops, test PT) held at once at the end; 0 skips")
 	refList := flag.String("ref", "loop,splice", "reference relays: loop (c: read and write through a buffer), splice (c': io.Copy)")
+	refPublic := flag.Bool("ref-public", false, "give the reference relay a public listener in front of the outermost PT, as ptcombiner-server has")
 	verbose := flag.Bool("v", false, "show every process's log")
 	flag.DurationVar(&slowSetup, "slow", 0, "report every setup slower than this (to chase stalls)")
 	flag.Parse()
@@ -73,7 +74,7 @@ func main() {
 			fail(fmt.Errorf("-ref: %q is neither loop nor splice", r))
 		}
 	}
-	if err := run(*binDir, hops, strings.Split(*ptList, ","), refs, p, *hold); err != nil {
+	if err := run(*binDir, hops, strings.Split(*ptList, ","), refs, *refPublic, p, *hold); err != nil {
 		fail(err)
 	}
 }
@@ -89,7 +90,7 @@ type row struct {
 	r *result
 }
 
-func run(binDir string, hops []int, pts, refs []string, p params, hold int) error {
+func run(binDir string, hops []int, pts, refs []string, refPublic bool, p params, hold int) error {
 	binDir, _ = filepath.Abs(binDir)
 	for _, b := range []string{"ptcombiner-client", "ptcombiner-server", "testpt"} {
 		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
@@ -101,7 +102,7 @@ func run(binDir string, hops []int, pts, refs []string, p params, hold int) erro
 		return err
 	}
 	defer os.RemoveAll(work)
-	e := &env{binDir: binDir, work: work, cookie: filepath.Join(work, "cookie")}
+	e := &env{binDir: binDir, work: work, cookie: filepath.Join(work, "cookie"), refPublic: refPublic}
 	if path, err := exec.LookPath("obfs4proxy"); err == nil {
 		e.obfs4proxy = path
 	}
@@ -118,6 +119,9 @@ func run(binDir string, hops []int, pts, refs []string, p params, hold int) erro
 	}
 
 	started := time.Now()
+	if refPublic {
+		fmt.Println("The reference relays own a public listener in front of the outermost PT, as ptcombiner-server does.")
+	}
 	header()
 	var rows []row
 	// measure runs a group of topologies that carry the same chain, and

@@ -208,8 +208,11 @@ func measureIdle(t *topology, r *result, n int) {
 }
 
 // openMany opens n connections through t, workers at a time, and returns
-// those that worked and the number that failed.
+// those that worked and the number that failed. It gives up after 10
+// failures (a process out of descriptors makes every further dial wait for
+// its timeout), counting the connections it did not try as failed.
 func openMany(t *topology, n, workers int) ([]*net.TCPConn, int) {
+	const giveUp = 10
 	var (
 		mu    sync.Mutex
 		conns []*net.TCPConn
@@ -229,12 +232,16 @@ func openMany(t *topology, n, workers int) ([]*net.TCPConn, int) {
 				} else {
 					conns = append(conns, c)
 				}
+				stop := errs >= giveUp
 				mu.Unlock()
+				if stop {
+					return
+				}
 			}
 		}()
 	}
 	wg.Wait()
-	return conns, errs
+	return conns, n - len(conns)
 }
 
 // streams sends size bytes each way on each of n connections at once and

@@ -232,7 +232,8 @@ func join(a, b net.Conn) {
 // it writes for its PTs, and the sink's Extended ORPort and cookie file. It
 // reads "forward TARGET" lines (TARGET "tor" for the sink); for each it
 // listens as an Extended ORPort, prints "LISTEN ADDR", and forwards every
-// stream to TARGET.
+// stream to TARGET. A "plain TARGET" line makes a plain TCP forwarder: the
+// public listener of -ref-public.
 //
 // A stream's USERADDR is either a connection this relay dialled into an
 // inner PT (looked up exactly: it carries on that connection's client) or,
@@ -279,7 +280,12 @@ func runRelayServer(stdin io.Reader, args []string) error {
 	}
 	sc := bufio.NewScanner(stdin)
 	for sc.Scan() {
-		target, ok := strings.CutPrefix(sc.Text(), "forward ")
+		line := sc.Text()
+		plain := false
+		if t, ok := strings.CutPrefix(line, "plain "); ok {
+			line, plain = "forward "+t, true
+		}
+		target, ok := strings.CutPrefix(line, "forward ")
 		if !ok {
 			return fmt.Errorf("bad command %q", sc.Text())
 		}
@@ -292,6 +298,17 @@ func runRelayServer(stdin io.Reader, args []string) error {
 				in, err := ln.Accept()
 				if err != nil {
 					return
+				}
+				if plain {
+					go func() {
+						out, err := net.Dial("tcp", target)
+						if err != nil {
+							in.Close()
+							return
+						}
+						join(in, out)
+					}()
+					continue
 				}
 				go handle(in, target)
 			}

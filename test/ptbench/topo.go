@@ -67,6 +67,9 @@ type env struct {
 	sinkPlain  string
 	sinkExt    string
 	counter    int
+	// refPublic gives the reference relay a public listener in front of
+	// the outermost PT, as ptcombiner-server has (-ref-public).
+	refPublic bool
 }
 
 func (e *env) dir(name string) string {
@@ -178,6 +181,15 @@ func (e *env) startReference(pt string, hops int, copyMode string) (*topology, e
 		next = sm.Addr.String()
 	}
 	t.target = next
+	if e.refPublic {
+		// Like ptcombiner-server, the relay owns the public listener and
+		// joins each client to the outermost PT: one more splice point.
+		fmt.Fprintf(rs.stdin, "plain %s\n", next)
+		if t.target, err = rs.expect("LISTEN"); err != nil {
+			t.run()
+			return nil, err
+		}
+	}
 	p, err := ptproc.Start(context.Background(), ptproc.Spec{
 		Name: filepath.Base(prog), Path: prog, Role: ptproc.Client, Methods: []string{pt},
 		StateDir: e.dir("ref-client"), Logger: logger,
@@ -223,6 +235,9 @@ func (e *env) startReference(pt string, hops int, copyMode string) (*topology, e
 	t.client, t.server = rc.pid(), rs.pid()
 	t.pts = func() []int { return ptPids }
 	t.splicesClient, t.splicesServer = hops, hops
+	if e.refPublic {
+		t.splicesServer++
+	}
 	return t, nil
 }
 
