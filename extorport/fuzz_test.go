@@ -139,3 +139,82 @@ func FuzzServerHandshakeFrames(f *testing.F) {
 		}
 	})
 }
+
+// FuzzClientHandshakeReplies plays a server that authenticates correctly
+// but sends fuzzed AuthTypes, AuthStatus and reply frames, then closes:
+// ClientHandshake must return without panicking, and may
+// succeed only when SAFE_COOKIE was offered, the status was success and an
+// OKAY came before any DENY.
+func FuzzClientHandshakeReplies(f *testing.F) {
+	f.Add([]byte{1, 0}, byte(1), frame(CmdOkay, ""))
+	f.Add([]byte{2, 1, 0}, byte(1), cat(frame(CmdControl, "x"), frame(CmdOkay, "")))
+	f.Add([]byte{1, 0}, byte(1), frame(CmdDeny, ""))
+	f.Add([]byte{1, 0}, byte(0), frame(CmdOkay, ""))
+	f.Add([]byte{2, 0}, byte(1), frame(CmdOkay, ""))
+	f.Add([]byte{1}, byte(1), []byte{})
+	f.Add([]byte{1, 0}, byte(1), []byte{0x10, 0})
+	ln := listen(f)
+	path, cookie := cookieFile(f)
+	meta := Meta{UserAddr: "192.0.2.7:4321", Transport: "obfs3_obfs4"}
+	f.Fuzz(func(t *testing.T, types []byte, status byte, replies []byte) {
+		// AuthTypes always end (TestClientHandshakeFailures covers a list
+		// without its end): the exchange then never waits on a timeout.
+		if len(types) > maxAuthTypes-1 {
+			types = types[:maxAuthTypes-1]
+		}
+		if bytes.IndexByte(types, 0) < 0 {
+			types = append(types, 0)
+		}
+		client, server := tcpPair(t, ln)
+		serverDone := make(chan struct{})
+		go func() {
+			defer close(serverDone)
+			defer server.Close()
+			server.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := server.Write(types); err != nil {
+				return
+			}
+			msg := make([]byte, 1+nonceLen)
+			if _, err := io.ReadFull(server, msg); err != nil {
+				return
+			}
+			nonce := bytes.Repeat([]byte{7}, nonceLen)
+			server.Write(append(authHash(cookie, serverHashContext, msg[1:], nonce), nonce...))
+			if _, err := io.ReadFull(server, make([]byte, hashLen)); err != nil {
+				return
+			}
+			if _, err := serverReadMeta(server, DefaultMaxFrames); err != nil {
+				return
+			}
+			server.Write(append([]byte{status}, replies...))
+			server.CloseWrite()
+			io.Copy(io.Discard, server)
+		}()
+		err := ClientHandshake(client, ClientConfig{CookiePath: path, Timeout: 2 * time.Second}, meta)
+		client.Close()
+		<-serverDone
+		if err != nil {
+			return
+		}
+		end := bytes.IndexByte(types, 0)
+		if end < 0 || bytes.IndexByte(types[:end], authTypeSafeCookie) < 0 {
+			t.Fatalf("succeeded though AuthTypes %x offer no SAFE_COOKIE", types)
+		}
+		if status != authStatusSuccess {
+			t.Fatalf("succeeded with AuthStatus %d", status)
+		}
+		r := bytes.NewReader(replies)
+		for {
+			cmd, _, rerr := ReadFrame(r)
+			if rerr != nil {
+				t.Fatalf("succeeded with no OKAY in the replies %x", replies)
+			}
+			if cmd == CmdDeny {
+				t.Fatalf("succeeded after a DENY in %x", replies)
+			}
+			if cmd == CmdOkay {
+				return
+			}
+		}
+	})
+}
