@@ -15,8 +15,9 @@ import (
 //
 // io.Copy between two *net.TCPConn splices too, but it takes a pipe (two
 // descriptors, and up to 1 MiB of kernel buffer) for the whole life of the
-// copy, idle or not: a chained connection of n hops then holds 4n pipes in
-// the client and 4(n+1) in the server while it waits for its next cell.
+// copy, idle or not: a chained connection of n hops then holds 2n pipes (4n
+// descriptors) in the client and 2(n+1) in the server while it waits for its
+// next cell.
 // Here a pipe comes from a pool when the source has bytes to read and goes
 // back, empty, as soon as the source would block, so idle connections hold
 // sockets only. The system calls per chunk are the same as io.Copy's: one
