@@ -49,7 +49,7 @@ bench:
 
 # Whole chains against the reference relay and raw TCP: throughput, setup
 # latency, CPU per GiB, memory per connection; then 10,000 connections held.
-# About 10 minutes; docs/performance.md explains the table. PTBENCH_FLAGS=-h lists the knobs.
+# About 5 minutes; docs/performance.md explains the table. PTBENCH_FLAGS=-h lists the knobs.
 ptbench: build
 	$(GO) build -o $(BIN)/ ./test/ptbench
 	$(BIN)/ptbench -bin $(BIN) $(PTBENCH_FLAGS)

@@ -19,9 +19,9 @@ import (
 //
 // On Linux the copies splice(2) from socket to socket through a pooled pipe
 // held only while bytes are in flight (splice_linux.go), so an idle
-// connection holds no pipe; elsewhere they run io.Copy. err joins every error except EOF and the "use of
-// closed network connection" that Pipe's own closing causes; it holds ctx's
-// cause when cancellation ended the pipe.
+// connection holds no pipe; elsewhere they run io.Copy. err joins every
+// error except EOF and the "use of closed network connection" that Pipe's
+// own closing causes; it holds ctx's cause when cancellation ended the pipe.
 func Pipe(ctx context.Context, a, b *net.TCPConn) (aToB, bToA int64, err error) {
 	var once sync.Once
 	closeBoth := func() {

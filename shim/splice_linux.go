@@ -137,6 +137,9 @@ func (s *splicer) drainOnce(fd uintptr) bool {
 		case err != nil:
 			s.err = os.NewSyscallError("splice", err)
 			return true
+		case n == 0: // the pipe holds fewer bytes than counted: never loop on it
+			s.err = errors.New("splice: pipe drained early")
+			return true
 		}
 		s.inPipe -= int(n)
 	}

@@ -5,12 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/ptcombiner/ptcombiner/internal/procstat"
 	"github.com/ptcombiner/ptcombiner/metadata"
 )
 
@@ -85,33 +83,6 @@ func BenchmarkChains(b *testing.B) {
 	}
 }
 
-// cpuSeconds is the user+system CPU time pid has used.
-func cpuSeconds(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	// Fields after the command: state is f[0]; utime and stime are fields
-	// 14 and 15 of the whole line, so f[11] and f[12] here.
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
-}
-
-// rssKiB is pid's resident set size.
-func rssKiB(pid int) int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			n, _ := strconv.Atoi(f[1])
-			return n
-		}
-	}
-	return 0
-}
-
 // BenchmarkCombinerCost measures what ptcombiner-client itself costs, apart
 // from its PTs: CPU seconds per GiB carried through a 2-hop chain (the test
 // PT with key 0, an identity transform), and resident memory per idle
@@ -139,12 +110,12 @@ func BenchmarkCombinerCost(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		before := cpuSeconds(pid)
+		before := procstat.CPUSeconds(pid)
 		go conn.Write(buf)
 		if _, err := io.CopyN(io.Discard, conn, size); err != nil {
 			b.Fatal(err)
 		}
-		cpu += cpuSeconds(pid) - before
+		cpu += procstat.CPUSeconds(pid) - before
 		conn.Close()
 	}
 	b.StopTimer()
@@ -153,7 +124,7 @@ func BenchmarkCombinerCost(b *testing.B) {
 	b.ReportMetric(cpu/gib, "combiner-cpu-s/GiB")
 
 	time.Sleep(200 * time.Millisecond)
-	rss0 := rssKiB(pid)
+	rss0 := procstat.RSSKiB(pid)
 	var conns []*net.TCPConn
 	for i := 0; i < idle; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -165,7 +136,7 @@ func BenchmarkCombinerCost(b *testing.B) {
 		conns = append(conns, conn)
 	}
 	time.Sleep(200 * time.Millisecond)
-	rss1 := rssKiB(pid)
+	rss1 := procstat.RSSKiB(pid)
 	for _, conn := range conns {
 		conn.Close()
 	}

@@ -36,9 +36,10 @@ func (w tWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// echoServer answers every connection with what it receives, honouring
-// half-close, until the test ends.
-func echoServer(t testing.TB) string {
+// serveLoopback listens on a loopback port and runs handle on each
+// connection in its own goroutine, closing the connection after; the
+// listener and every handler end before the test does.
+func serveLoopback(t testing.TB, handle func(c *net.TCPConn)) string {
 	t.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -57,13 +58,22 @@ func echoServer(t testing.TB) string {
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				io.Copy(c, c)
-				c.CloseWrite()
+				handle(c)
 			}()
 		}
 	}()
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	return ln.Addr().String()
+}
+
+// echoServer answers every connection with what it receives, honouring
+// half-close, until the test ends.
+func echoServer(t testing.TB) string {
+	t.Helper()
+	return serveLoopback(t, func(c *net.TCPConn) {
+		io.Copy(c, c)
+		c.CloseWrite()
+	})
 }
 
 // serverPT runs the server side of a PT program as tor would, with its

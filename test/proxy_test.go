@@ -22,42 +22,23 @@ type socksProxy struct {
 
 func startSocksProxy(t *testing.T) *socksProxy {
 	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &socksProxy{addr: ln.Addr().String()}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				req, err := shim.ReadRequest(c, 5*time.Second)
-				if err != nil {
-					return
-				}
-				p.mu.Lock()
-				p.targets = append(p.targets, req.Target)
-				p.mu.Unlock()
-				up, err := net.Dial("tcp", req.Target)
-				if err != nil {
-					shim.Reject(c, shim.ReplyCodeFor(err))
-					return
-				}
-				shim.Grant(c)
-				shim.Pipe(context.Background(), c, up.(*net.TCPConn))
-			}()
+	p := &socksProxy{}
+	p.addr = serveLoopback(t, func(c *net.TCPConn) {
+		req, err := shim.ReadRequest(c, 5*time.Second)
+		if err != nil {
+			return
 		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+		p.mu.Lock()
+		p.targets = append(p.targets, req.Target)
+		p.mu.Unlock()
+		up, err := net.Dial("tcp", req.Target)
+		if err != nil {
+			shim.Reject(c, shim.ReplyCodeFor(err))
+			return
+		}
+		shim.Grant(c)
+		shim.Pipe(context.Background(), c, up.(*net.TCPConn))
+	})
 	return p
 }
 

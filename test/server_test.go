@@ -48,29 +48,7 @@ func startFakeTor(t testing.TB, transport string) *fakeTor {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ft.addr = ln.Addr().String()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				ft.serve(c, cookie)
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	ft.addr = serveLoopback(t, func(c *net.TCPConn) { ft.serve(c, cookie) })
 	return ft
 }
 

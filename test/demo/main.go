@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/ptcombiner/ptcombiner/extorport"
+	"github.com/ptcombiner/ptcombiner/internal/procstat"
 	"github.com/ptcombiner/ptcombiner/metadata"
 	"github.com/ptcombiner/ptcombiner/ptproc"
 	"github.com/ptcombiner/ptcombiner/shim"
@@ -96,7 +97,7 @@ func run(binDir string, size, conns int, testOnly bool) error {
 	fmt.Printf("2. The bridge runs ptcombiner-server (pid %d), as from this torrc line:\n     ServerTransportPlugin %s exec ptcombiner-server %s\n",
 		server.Pid(), alias, strings.Join(flags, " "))
 	fmt.Printf("   It runs %d PT child process(es) and publishes:\n     SMETHOD %s %s ARGS:%s\n",
-		len(childPids(server.Pid())), alias, sm.Addr, metadata.EncodeSmethodArgs(sm.Args))
+		len(procstat.Children(server.Pid())), alias, sm.Addr, metadata.EncodeSmethodArgs(sm.Args))
 	bridgeLine := fmt.Sprintf("Bridge %s %s <FINGERPRINT> %s", alias, sm.Addr,
 		strings.ReplaceAll(metadata.EncodeClientArgs(sm.Args), ";", " "))
 	fmt.Printf("3. So a user's torrc says:\n     %s\n", bridgeLine)
@@ -134,9 +135,9 @@ func run(binDir string, size, conns int, testOnly bool) error {
 			return lastErr
 		}
 	}
-	kids := childPids(client.Pid())
+	kids := procstat.Children(client.Pid())
 	fmt.Printf("6. ptcombiner-client runs %d PT child process(es) for the chain's hops.\n", len(kids))
-	kids = append(kids, childPids(server.Pid())...)
+	kids = append(kids, procstat.Children(server.Pid())...)
 	client.Close()
 	server.Close()
 	time.Sleep(100 * time.Millisecond)
@@ -273,25 +274,6 @@ func establishedTo(port int) []string {
 		ip, _ := strconv.ParseUint(h, 16, 32)
 		pt, _ := strconv.ParseUint(p, 16, 16)
 		out = append(out, fmt.Sprintf("%d.%d.%d.%d:%d", byte(ip), byte(ip>>8), byte(ip>>16), byte(ip>>24), pt))
-	}
-	return out
-}
-
-// childPids lists pid's children: every thread's, since Go starts children
-// from whichever thread runs the goroutine.
-func childPids(pid int) []int {
-	var out []int
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if n, err := strconv.Atoi(f); err == nil {
-				out = append(out, n)
-			}
-		}
 	}
 	return out
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -105,8 +104,8 @@ func runSink(args []string) error {
 type helper struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
-	out   *bufio.Reader
-	done  chan struct{}
+	out   *bufio.Reader // the helper's stdout
+	done  chan struct{} // closed when the helper has exited
 }
 
 func startHelper(args ...string) (*helper, error) {
@@ -120,14 +119,22 @@ func startHelper(args ...string) (*helper, error) {
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
+	// An os.Pipe rather than StdoutPipe: Wait, which runs at once below,
+	// would close StdoutPipe's end under a reader.
+	r, w, err := os.Pipe()
 	if err != nil {
+		stdin.Close()
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	cmd.Stdout = w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		r.Close()
+		stdin.Close()
 		return nil, err
 	}
-	h := &helper{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout), done: make(chan struct{})}
+	h := &helper{cmd: cmd, stdin: stdin, out: bufio.NewReader(r), done: make(chan struct{})}
 	go func() { cmd.Wait(); close(h.done) }()
 	return h, nil
 }
@@ -160,7 +167,9 @@ func (h *helper) expect(word string) (string, error) {
 
 func (h *helper) pid() int { return h.cmd.Process.Pid }
 
-// close ends the helper: stdin closed, then SIGKILL after 5 s.
+// close ends the helper: stdin closed, then SIGKILL after 5 s. The read
+// end of its stdout is left to the garbage collector: an expect that timed
+// out may still be reading it.
 func (h *helper) close() {
 	h.stdin.Close()
 	select {
@@ -187,39 +196,4 @@ func (c *closers) run() {
 	for i := len(fns) - 1; i >= 0; i-- {
 		fns[i]()
 	}
-}
-
-// procStat reads user+system CPU seconds of pid.
-func cpuSeconds(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	// utime and stime are fields 14 and 15 of the line, f[11] and f[12] here.
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
-}
-
-// rssKiB is pid's resident set size.
-func rssKiB(pid int) int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			n, _ := strconv.Atoi(f[1])
-			return n
-		}
-	}
-	return 0
-}
-
-// fdCount is the number of open descriptors of pid.
-func fdCount(pid int) int {
-	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		return 0
-	}
-	return len(entries)
 }

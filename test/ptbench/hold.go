@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ptcombiner/ptcombiner/internal/procstat"
 )
 
 // holdMany opens n chained connections (test PT, 2 hops) through the
@@ -56,7 +58,7 @@ func holdMany(e *env, n int) error {
 	pids := append([]int{first.client, first.server}, first.pts()...)
 	before := make([]int, len(pids))
 	for i, p := range pids {
-		before[i] = fdCount(p)
+		before[i] = procstat.Descriptors(p)
 	}
 	conns, errs := openMany(first, probe, 16)
 	if errs > 0 {
@@ -65,7 +67,7 @@ func holdMany(e *env, n int) error {
 	}
 	perConn := 0.0
 	for i, p := range pids {
-		perConn = max(perConn, float64(fdCount(p)-before[i])/probe)
+		perConn = max(perConn, float64(procstat.Descriptors(p)-before[i])/probe)
 	}
 	closeAll(conns)
 	budget := float64(limit - 500)
@@ -82,7 +84,7 @@ func holdMany(e *env, n int) error {
 	time.Sleep(time.Second)
 	rss0 := 0
 	for _, t := range shards {
-		rss0 += rssKiB(t.client) + rssKiB(t.server)
+		rss0 += procstat.RSSKiB(t.client) + procstat.RSSKiB(t.server)
 	}
 
 	start := time.Now()
@@ -102,8 +104,8 @@ func holdMany(e *env, n int) error {
 	time.Sleep(2 * time.Second)
 	rss1, fds := 0, 0
 	for _, t := range shards {
-		rss1 += rssKiB(t.client) + rssKiB(t.server)
-		fds = max(fds, fdCount(t.client), fdCount(t.server))
+		rss1 += procstat.RSSKiB(t.client) + procstat.RSSKiB(t.server)
+		fds = max(fds, procstat.Descriptors(t.client), procstat.Descriptors(t.server))
 	}
 
 	// Every held connection must still carry a byte both ways.

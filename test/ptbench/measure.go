@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ptcombiner/ptcombiner/internal/procstat"
 	"github.com/ptcombiner/ptcombiner/shim"
 )
 
@@ -92,10 +93,10 @@ func (t *topology) cpu() (client, server, all float64) {
 	if t.client == 0 {
 		return 0, 0, 0 // raw TCP: only the load generator and the sink
 	}
-	client, server = cpuSeconds(t.client), cpuSeconds(t.server)
+	client, server = procstat.CPUSeconds(t.client), procstat.CPUSeconds(t.server)
 	all = client + server
 	for _, p := range t.pts() {
-		all += cpuSeconds(p)
+		all += procstat.CPUSeconds(p)
 	}
 	return client, server, all
 }
@@ -192,16 +193,16 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 // growth of the combiner's (or relay's) memory and descriptors.
 func measureIdle(t *topology, r *result, n int) {
 	time.Sleep(300 * time.Millisecond)
-	rss0c, rss0s := rssKiB(t.client), rssKiB(t.server)
-	fd0c, fd0s := fdCount(t.client), fdCount(t.server)
+	rss0c, rss0s := procstat.RSSKiB(t.client), procstat.RSSKiB(t.server)
+	fd0c, fd0s := procstat.Descriptors(t.client), procstat.Descriptors(t.server)
 	conns, errs := openMany(t, n, 16)
 	r.idleErrs = errs
 	time.Sleep(500 * time.Millisecond)
 	if k := float64(len(conns)); k > 0 {
-		r.rssClient = float64(rssKiB(t.client)-rss0c) / k
-		r.rssServer = float64(rssKiB(t.server)-rss0s) / k
-		r.fdsClient = float64(fdCount(t.client)-fd0c) / k
-		r.fdsServer = float64(fdCount(t.server)-fd0s) / k
+		r.rssClient = float64(procstat.RSSKiB(t.client)-rss0c) / k
+		r.rssServer = float64(procstat.RSSKiB(t.server)-rss0s) / k
+		r.fdsClient = float64(procstat.Descriptors(t.client)-fd0c) / k
+		r.fdsServer = float64(procstat.Descriptors(t.server)-fd0s) / k
 	}
 	closeAll(conns)
 	time.Sleep(500 * time.Millisecond)

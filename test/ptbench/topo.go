@@ -4,11 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
+	"github.com/ptcombiner/ptcombiner/internal/procstat"
 	"github.com/ptcombiner/ptcombiner/metadata"
 	"github.com/ptcombiner/ptcombiner/ptproc"
 )
@@ -127,7 +126,7 @@ func (e *env) startCombiners(kind, pt string, hops int, sinkExt, cookie string) 
 	}
 	t.socks, t.target = cm.Addr.String(), sm.Addr.String()
 	t.client, t.server = client.Pid(), server.Pid()
-	t.pts = func() []int { return append(childPids(t.client), childPids(t.server)...) }
+	t.pts = func() []int { return append(procstat.Children(t.client), procstat.Children(t.server)...) }
 	t.splicesClient, t.splicesServer = hops, hops+1
 	return t, nil
 }
@@ -239,23 +238,4 @@ func (e *env) startReference(pt string, hops int, copyMode string) (*topology, e
 		t.splicesServer++
 	}
 	return t, nil
-}
-
-// childPids lists pid's children: every thread's, since Go starts children
-// from whichever thread runs the goroutine.
-func childPids(pid int) []int {
-	var out []int
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if n, err := strconv.Atoi(f); err == nil {
-				out = append(out, n)
-			}
-		}
-	}
-	return out
 }
