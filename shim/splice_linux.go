@@ -105,7 +105,7 @@ func (s *splicer) fillOnce(fd uintptr) bool {
 		}
 	}
 	for {
-		n, err := syscall.Splice(int(fd), nil, s.pipe.w, nil, spliceChunk, spliceMove|spliceNonblock)
+		n, err := rawSplice(int(fd), s.pipe.w, spliceChunk)
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -128,7 +128,7 @@ func (s *splicer) fillOnce(fd uintptr) bool {
 // it splices the pipe's bytes out, and asks to wait (false) while dst is full.
 func (s *splicer) drainOnce(fd uintptr) bool {
 	for s.inPipe > 0 {
-		n, err := syscall.Splice(s.pipe.r, nil, int(fd), nil, s.inPipe, spliceMove|spliceNonblock)
+		n, err := rawSplice(s.pipe.r, int(fd), s.inPipe)
 		switch {
 		case err == syscall.EINTR:
 			continue
@@ -199,4 +199,21 @@ func spliceCopy(dst, src *net.TCPConn) (written int64, err error) {
 			return written, s.err
 		}
 	}
+}
+
+// rawSplice splices up to max bytes from in to out through
+// syscall.RawSyscall6, without telling the scheduler it entered a system
+// call. Neither end can block (Go's sockets are O_NONBLOCK; the pipe end is
+// SPLICE_F_NONBLOCK), so the call holds its P as briefly as user code
+// would. Through syscall.Splice, a splice out that runs the receiver's
+// loopback TCP work inline (tens of microseconds) outlasts sysmon's 20 us
+// and has its P handed to another thread: on a 2-hop obfs4 chain that tripled
+// ptcombiner-client's futex calls and nanosleeps and took 12% more CPU per
+// GiB (docs/performance.md).
+func rawSplice(in, out, max int) (int, error) {
+	n, _, errno := syscall.RawSyscall6(syscall.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(max), spliceMove|spliceNonblock)
+	if errno != 0 {
+		return int(n), errno
+	}
+	return int(n), nil
 }
