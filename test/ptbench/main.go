@@ -74,7 +74,15 @@ func main() {
 			fail(fmt.Errorf("-ref: %q is neither loop nor splice", r))
 		}
 	}
-	if err := run(*binDir, hops, strings.Split(*ptList, ","), refs, *refPublic, p, *hold); err != nil {
+	var pts []string
+	for _, pt := range strings.Split(*ptList, ",") {
+		pt = strings.TrimSpace(pt)
+		if pt != "test" && pt != "obfs4" {
+			fail(fmt.Errorf("-pts: %q is neither test nor obfs4", pt))
+		}
+		pts = append(pts, pt)
+	}
+	if err := run(*binDir, hops, pts, refs, *refPublic, p, *hold); err != nil {
 		fail(err)
 	}
 }
@@ -148,11 +156,7 @@ func run(binDir string, hops []int, pts, refs []string, refPublic bool, p params
 		return err
 	}
 	for _, pt := range pts {
-		pt = strings.TrimSpace(pt)
 		kind := map[string]string{"test": "a", "obfs4": "b"}[pt]
-		if kind == "" {
-			return fmt.Errorf("-pts: unknown PT %q", pt)
-		}
 		if pt == "obfs4" && e.obfs4proxy == "" {
 			fmt.Println("(b) skipped: obfs4proxy is not installed (apt-get install obfs4proxy)")
 			continue

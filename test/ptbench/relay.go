@@ -70,15 +70,7 @@ func runRelayClient(stdin io.Reader, args []string) error {
 	if err != nil {
 		return err
 	}
-	go func() {
-		for {
-			app, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go relayClientConn(app, dialers)
-		}
-	}()
+	go serveEach(ln, func(app net.Conn) { relayClientConn(app, dialers) })
 	fmt.Printf("SOCKS %s\n", ln.Addr())
 	io.Copy(io.Discard, in)
 	return nil
@@ -293,27 +285,31 @@ func runRelayServer(stdin io.Reader, args []string) error {
 		if err != nil {
 			return err
 		}
-		go func() {
-			for {
-				in, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				if plain {
-					go func() {
-						out, err := net.Dial("tcp", target)
-						if err != nil {
-							in.Close()
-							return
-						}
-						join(in, out)
-					}()
-					continue
-				}
-				go handle(in, target)
+		go serveEach(ln, func(in net.Conn) {
+			if !plain {
+				handle(in, target)
+				return
 			}
-		}()
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				return
+			}
+			join(in, out)
+		})
 		fmt.Printf("LISTEN %s\n", ln.Addr())
 	}
 	return nil
+}
+
+// serveEach runs handle in a goroutine of its own for every connection ln
+// accepts, until ln closes (the helper exits with its listeners open).
+func serveEach(ln net.Listener, handle func(net.Conn)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go handle(c)
+	}
 }
