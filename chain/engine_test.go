@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -37,6 +38,26 @@ func (l *logBuf) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// digest is what a failed test prints of the logs: the last n lines above
+// DEBUG, so that the test's own errors, printed before, stay in view of a CI
+// log that keeps only its tail (a run of 20,000 connections logs thousands
+// of debug lines).
+func (l *logBuf) digest(n int) string {
+	all := strings.Split(strings.TrimSpace(l.String()), "\n")
+	var kept []string
+	for _, line := range all {
+		if !strings.Contains(line, "level=DEBUG") {
+			kept = append(kept, line)
+		}
+	}
+	above := len(kept)
+	if above > n {
+		kept = kept[above-n:]
+	}
+	return fmt.Sprintf("%d lines, %d of them above DEBUG; the last %d of those:\n%s",
+		len(all), above, len(kept), strings.Join(kept, "\n"))
 }
 
 func newLogger(w io.Writer) *slog.Logger {
@@ -149,7 +170,7 @@ func pair(t *testing.T, names ...string) (*Client, *Server, map[string]Published
 		cli.Close()
 		srv.Close()
 		if t.Failed() {
-			t.Logf("logs:\n%s", logs.String())
+			t.Logf("logs: %s", logs.digest(15))
 		}
 	})
 	return cli, srv, published, tor, logs
