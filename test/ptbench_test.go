@@ -7,8 +7,9 @@ import (
 )
 
 // TestPtbench keeps `make ptbench` working, at a small size: every
-// topology runs, the ratios print, and held connections all live. It
-// checks no figure: those belong to docs/performance.md, from a full run.
+// topology runs, with and without -ref-public, the ratios print, and held
+// connections all live. It checks no figure: those belong to
+// docs/performance.md, from a full run.
 func TestPtbench(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a dozen processes")
@@ -35,5 +36,17 @@ func TestPtbench(t *testing.T) {
 	}
 	if pts != "test" && !strings.Contains(string(out), "(b) obfs4|obfs4  ") {
 		t.Errorf("ptbench output lacks the obfs4 chains:\n%s", out)
+	}
+
+	// -ref-public: the reference relays' server side gets a public listener.
+	cmd = exec.Command(bin("ptbench"), "-bin", binDir, "-hops", "2", "-pts", "test", "-ref-public",
+		"-size", "2", "-setups", "10", "-idle", "30", "-hold", "0")
+	if out, err = cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ptbench -ref-public: %v\n%s", err, out)
+	}
+	for _, want := range []string{"own a public listener", "(c) relay, loop, test|test", "(c') relay, splice, test|test", "(a) test|test  "} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("ptbench -ref-public output lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -127,17 +127,27 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 	}
 
 	lat := make([][]time.Duration, len(ts))
+	failedInARow := make([]int, len(ts))
 	for k := 0; k < p.setups; k++ {
 		if k%100 == 0 {
 			progress(ts[0], fmt.Sprintf("setups %d-%d of %d, interleaved", k+1, min(k+100, p.setups), p.setups))
 		}
 		for i, t := range ts {
+			if failedInARow[i] >= giveUpAfter {
+				rs[i].setupErrs++ // counted, not tried: each would wait for its timeout
+				continue
+			}
 			start := time.Now()
 			c, err := t.dialTimeout(10 * time.Second)
 			if err != nil {
 				rs[i].setupErrs++
+				if failedInARow[i]++; failedInARow[i] == giveUpAfter {
+					fmt.Fprintf(os.Stderr, "ptbench: %s: %d setups in a row failed, the last with %v; the rest count as failed\n",
+						t.name(), giveUpAfter, err)
+				}
 				continue
 			}
+			failedInARow[i] = 0
 			d := time.Since(start)
 			lat[i] = append(lat[i], d)
 			if slowSetup > 0 && d > slowSetup {
@@ -208,12 +218,15 @@ func measureIdle(t *topology, r *result, n int) {
 	time.Sleep(500 * time.Millisecond)
 }
 
+// giveUpAfter is how many failed connections ptbench tries before it stops
+// dialling a topology in a phase: a process out of descriptors, or dead,
+// makes every further dial wait for its timeout.
+const giveUpAfter = 10
+
 // openMany opens n connections through t, workers at a time, and returns
-// those that worked and the number that failed. It gives up after 10
-// failures (a process out of descriptors makes every further dial wait for
-// its timeout), counting the connections it did not try as failed.
+// those that worked and the number that failed. It gives up after
+// giveUpAfter failures, counting the connections it did not try as failed.
 func openMany(t *topology, n, workers int) ([]*net.TCPConn, int) {
-	const giveUp = 10
 	var (
 		mu    sync.Mutex
 		conns []*net.TCPConn
@@ -233,7 +246,7 @@ func openMany(t *topology, n, workers int) ([]*net.TCPConn, int) {
 				} else {
 					conns = append(conns, c)
 				}
-				stop := errs >= giveUp
+				stop := errs >= giveUpAfter
 				mu.Unlock()
 				if stop {
 					return

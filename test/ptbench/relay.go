@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ptcombiner/ptcombiner/extorport"
 	"golang.org/x/net/proxy"
@@ -84,15 +85,19 @@ func relayClientConn(app net.Conn, dialers []proxy.Dialer) {
 		return
 	}
 	n := len(dialers)
-	// One-use listeners for hops 1..n-1: hop i-1 connects to listener i.
-	lns := make([]net.Listener, n)
+	// One-use listeners for hops 1..n-1: hop i-1 connects to listener i,
+	// within a minute (a hop that never does must not keep the listener).
+	lns := make([]*net.TCPListener, n)
 	for i := 1; i < n; i++ {
-		if lns[i], err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
 			for _, l := range lns[1:i] {
 				l.Close()
 			}
 			return
 		}
+		lns[i] = l.(*net.TCPListener)
+		lns[i].SetDeadline(time.Now().Add(time.Minute))
 	}
 	for i := 1; i < n; i++ {
 		next := target
@@ -254,18 +259,17 @@ func runRelayServer(stdin io.Reader, args []string) error {
 		if c, ok := dialled.LoadAndDelete(meta.UserAddr); ok {
 			client = c.(string)
 		}
-		var out net.Conn
-		if target == "tor" {
-			out, err = extorport.Dial(context.Background(), sinkExt, extorport.ClientConfig{CookiePath: sinkCookie},
-				extorport.Meta{UserAddr: client, Transport: meta.Transport})
-		} else if out, err = net.Dial("tcp", target); err == nil {
+		out, err := dialOnward(target, sinkExt, sinkCookie, extorport.Meta{UserAddr: client, Transport: meta.Transport})
+		if err != nil {
+			in.Close()
+			return
+		}
+		if target != "tor" {
 			dialled.Store(out.LocalAddr().String(), client)
 		}
-		if err != nil || extorport.Okay(in) != nil {
+		if extorport.Okay(in) != nil {
 			in.Close()
-			if out != nil {
-				out.Close()
-			}
+			out.Close()
 			return
 		}
 		join(in, out)
@@ -302,14 +306,40 @@ func runRelayServer(stdin io.Reader, args []string) error {
 	return nil
 }
 
+// dialOnward opens a server-side stream's next connection: the next PT
+// server's listener, or for target "tor" the sink's Extended ORPort with
+// meta. On error the connection is a nil interface: extorport.Dial's nil
+// *net.TCPConn, kept in a net.Conn, would not be, and closing it panicked
+// the relay when the sink could not be reached (out of descriptors).
+func dialOnward(target, sinkExt, sinkCookie string, meta extorport.Meta) (net.Conn, error) {
+	if target != "tor" {
+		return net.Dial("tcp", target)
+	}
+	c, err := extorport.Dial(context.Background(), sinkExt, extorport.ClientConfig{CookiePath: sinkCookie}, meta)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
 // serveEach runs handle in a goroutine of its own for every connection ln
-// accepts, until ln closes (the helper exits with its listeners open).
+// accepts, until ln closes (the helper exits with its listeners open). A
+// failed accept that is not the listener's end (out of descriptors, most
+// often) is waited out, from 5 ms doubling up to 1 s, as net/http does:
+// returning would leave the listener open and deaf for good.
 func serveEach(ln net.Listener, handle func(net.Conn)) {
+	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
-		if err != nil {
+		if errors.Is(err, net.ErrClosed) {
 			return
 		}
+		if err != nil {
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
 		go handle(c)
 	}
 }
