@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -110,6 +111,23 @@ func run(binDir string, hops []int, pts, refs []string, refPublic bool, p params
 		return err
 	}
 	defer os.RemoveAll(work)
+	// Interrupted (Ctrl-C on make ptbench), it takes its work directory
+	// along; the processes it started end as their stdin closes with it.
+	interrupted := make(chan os.Signal, 1)
+	signal.Notify(interrupted, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		sig, ok := <-interrupted
+		if !ok {
+			return
+		}
+		os.RemoveAll(work)
+		fmt.Fprintln(os.Stderr, "ptbench: stopped by", sig)
+		os.Exit(130)
+	}()
+	defer func() {
+		signal.Stop(interrupted) // no more sends, then the goroutine may go
+		close(interrupted)
+	}()
 	e := &env{binDir: binDir, work: work, cookie: filepath.Join(work, "cookie"), refPublic: refPublic}
 	if path, err := exec.LookPath("obfs4proxy"); err == nil {
 		e.obfs4proxy = path
