@@ -53,7 +53,7 @@ func main() {
 	idle := flag.Int("idle", 1000, "idle chained connections held open for the memory figure")
 	hold := flag.Int("hold", 10000, "chained connections (2 hops, test PT) held at once at the end; 0 skips")
 	refList := flag.String("ref", "loop,splice", "reference relays: loop (c: read and write through a buffer), splice (c': io.Copy)")
-	refPublic := flag.Bool("ref-public", false, "give the reference relay a public listener in front of the outermost PT, as ptcombiner-server has")
+	refPublic := flag.Bool("ref-public", false, "give the reference relay a public listener in front of the outermost PT, as ptcombiner-server has (with -ref splice, io.Copy's pipes take 24 descriptors per idle 3-hop connection: lower -idle or use -ref loop)")
 	verbose := flag.Bool("v", false, "show every process's log")
 	flag.DurationVar(&slowSetup, "slow", 0, "report every setup slower than this (to chase stalls)")
 	flag.Parse()
