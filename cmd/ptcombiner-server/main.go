@@ -46,10 +46,7 @@ func main() {
 		DisableSliceFlagSeparator: true,
 		Action:                    run,
 	}
-	if err := app.Run(os.Args); err != nil {
-		runner.Fail("", "ptcombiner-server: "+err.Error())
-		os.Exit(1)
-	}
+	os.Exit(runner.Run(app, os.Args)) // help and errors never on tor's stdout
 }
 
 func run(c *cli.Context) error {

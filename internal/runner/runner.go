@@ -6,6 +6,7 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -315,3 +316,49 @@ func Fail(keyword, msg string) error {
 
 // failWait bounds the wait after a fatal error line (PROTOCOLS.md A25).
 const failWait = 10 * time.Second
+
+// Run runs app, one of the two programs, with args and returns its exit
+// status. Under tor, stdout is the protocol channel: pt-spec 3.3, "The PT
+// proxy MUST communicate with its parent via its standard output", every
+// line a keyword tor parses (PROTOCOLS.md A8), and tor accepts ENV-ERROR
+// only before VERSION (A10). So when managed, urfave/cli's help and version
+// texts go to stderr (app.Writer, which its HelpPrinter and VersionPrinter
+// write to), and a flag error, an unexpected argument or a bad value is
+// reported as "ENV-ERROR <reason>" and followed by FailBeforeDone's wait; so
+// is a run that showed only the help or the version, since tor then gets no
+// VERSION line either. Without tor, --help and --version print on stdout, as
+// a command does for a person, and errors go to stderr.
+//
+// app.OnUsageError replaces urfave/cli's reaction to a flag error, which is
+// to print "Incorrect Usage" and the whole help on app.Writer, by the
+// error alone, with a pointer to --help. (urfave/cli v2.27 never calls
+// CommandNotFound for an app without subcommands: an unknown word reaches
+// the Action, which refuses it.)
+func Run(app *cli.App, args []string) int {
+	managed := Managed()
+	app.Writer = os.Stdout
+	if managed {
+		app.Writer = os.Stderr
+	}
+	app.ErrWriter = os.Stderr
+	app.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
+		return fmt.Errorf("%w (%s --help lists the flags)", err, app.Name)
+	}
+	action, ran := app.Action, false
+	app.Action = func(c *cli.Context) error {
+		ran = true
+		return action(c)
+	}
+	err := app.Run(args)
+	switch {
+	case errors.Is(err, ErrReported):
+		return 1
+	case err != nil:
+		FailBeforeDone("ENV-ERROR", app.Name+": "+err.Error(), failWait)
+		return 1
+	case managed && !ran:
+		FailBeforeDone("ENV-ERROR", app.Name+": run with --help or --version (printed on stderr): no transport runs", failWait)
+		return 1
+	}
+	return 0
+}
