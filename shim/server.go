@@ -37,10 +37,12 @@ type Request struct {
 // It mirrors goptlib's server (PROTOCOLS.md A21), with the handshake in the
 // caller's goroutine: version 5 only; "username/password" (0x02) is
 // preferred over "no authentication" (0x00) when both are offered; RFC 1929
-// credentials need ULEN >= 1 and PLEN >= 1, and a password of exactly one NUL
-// byte means none (tor sends that when its arguments fit the username, A20);
-// the credentials must parse as PT arguments; only CONNECT and address types
-// 1, 3 and 4 are served.
+// credentials need ULEN >= 1; a password of exactly one NUL byte means none
+// (tor sends that when its arguments fit the username, A20), and so does an
+// empty one (PLEN = 0, which RFC 1929 does not allow but curl sends for
+// --proxy-user ARGS:, how an application without tor gives PT arguments;
+// goptlib refuses it, tor never sends it); the credentials must parse as PT
+// arguments; only CONNECT and address types 1, 3 and 4 are served.
 //
 // Where RFC 1928/1929 has a reply for a failure, ReadRequest sends it before
 // returning the error (0xFF for no acceptable method, status 0x01 for a
@@ -188,16 +190,13 @@ func readUserPass(conn net.Conn, req *Request) error {
 	if _, err := io.ReadFull(conn, b[:1]); err != nil {
 		return fmt.Errorf("read password length: %w", err)
 	}
-	if b[0] < 1 {
-		return fail(errors.New("password of length 0"))
-	}
-	pass := make([]byte, b[0])
+	pass := make([]byte, b[0]) // PLEN = 0 from curl: no password
 	if _, err := io.ReadFull(conn, pass); err != nil {
 		return fmt.Errorf("read password: %w", err)
 	}
 	req.Username = string(user)
 	// PROTOCOLS.md A20: tor sends PASSWD = "\x00" (PLEN=1) when its
-	// arguments fit the username; that means no password.
+	// arguments fit the username; that means no password, as PLEN=0 does.
 	if len(pass) == 1 && pass[0] == 0 {
 		pass = nil
 	}

@@ -205,7 +205,6 @@ func TestReadRequestWire(t *testing.T) {
 		{"domain with a colon", cat([]byte{5, 1, 0}, []byte{5, 1, 0, 3, 3, ':', ':', '1', 0, 80}), ErrMalformed, nil,
 			cat([]byte{5, 0}, rep(RepGeneralFailure)), []byte{0, 80}},
 		{"zero ULEN", []byte{5, 1, 2, 1, 0, 1, 'x'}, ErrAuthFailed, nil, []byte{5, 2, 1, 1}, []byte{1, 'x'}},
-		{"zero PLEN", []byte{5, 1, 2, 1, 3, 'k', '=', 'v', 0}, ErrAuthFailed, nil, []byte{5, 2, 1, 1}, nil},
 		{"auth version", []byte{5, 1, 2, 5, 1, 'k', 1, 0}, ErrAuthFailed, nil, []byte{5, 2, 1, 1}, []byte{'k', 1, 0}},
 		{"bad args", []byte{5, 1, 2, 1, 3, 'a', 'b', 'c', 1, 0}, ErrAuthFailed, nil, []byte{5, 2, 1, 1}, nil},
 		{"trailing escape in args", []byte{5, 1, 2, 1, 3, 'a', '=', '\\', 1, 0}, ErrAuthFailed, nil, []byte{5, 2, 1, 1}, nil},
