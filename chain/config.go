@@ -331,6 +331,40 @@ func (c *Config) Names() []string {
 	return names
 }
 
+// AllTransports is the TOR_PT_CLIENT_TRANSPORTS value that asks for every
+// transport. PT 1.0 (pt-spec 3.2.2) no longer defines it, but older goptlib
+// releases and the parents written for them read "*" as "every transport
+// you support", and goptlib v1.6.0 hands it on as a name of its own.
+const AllTransports = "*"
+
+// Requested splits the transport names tor asked for into those this
+// configuration serves, in tor's order and without repeats, and those it
+// does not know, which pt-spec 3.2.2 says to skip: "PTs SHOULD ignore PT
+// names that it does not recognize." AllTransports stands for every name
+// Names lists.
+func (c *Config) Requested(names []string) (serve, ignored []string) {
+	seen := map[string]bool{}
+	add := func(n string) {
+		if !seen[n] {
+			seen[n] = true
+			serve = append(serve, n)
+		}
+	}
+	for _, n := range names {
+		switch _, ok := c.Lookup(n); {
+		case n == AllTransports:
+			for _, all := range c.Names() {
+				add(all)
+			}
+		case ok:
+			add(n)
+		default:
+			ignored = append(ignored, n)
+		}
+	}
+	return serve, ignored
+}
+
 func equal(a, b []string) bool {
 	if len(a) != len(b) {
 		return false

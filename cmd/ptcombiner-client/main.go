@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,6 +73,10 @@ func run(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// pt-spec 3.2.2: unknown names are ignored, without a CMETHOD-ERROR;
+	// the log says which.
+	names, ignored := cfg.Requested(info.MethodNames)
+	log.Info("transports tor asked for", "asked", info.MethodNames, "serving", names, "ignored", ignored)
 	proxyURL := ""
 	if info.ProxyURL != nil {
 		proxyURL = info.ProxyURL.String()
@@ -90,7 +93,7 @@ func run(c *cli.Context) error {
 		SetupTimeout: c.Duration("setup-timeout"),
 		StartTimeout: c.Duration("start-timeout"),
 		OnChildLog:   runner.RelayChildLog,
-		OnEvent:      func(e chain.Event) { runner.ReportEvent(cfg, info.MethodNames, e) },
+		OnEvent:      func(e chain.Event) { runner.ReportEvent(cfg, names, e) },
 	})
 	defer client.Close()
 
@@ -102,14 +105,8 @@ func run(c *cli.Context) error {
 		case <-startCtx.Done():
 		}
 	}()
-	results := client.Start(startCtx, info.MethodNames)
+	results := client.Start(startCtx, names)
 	cancelStart()
-
-	names := make([]string, 0, len(results))
-	for name := range results {
-		names = append(names, name)
-	}
-	sort.Strings(names)
 	if proxyURL != "" {
 		ok := false
 		for _, name := range names {
