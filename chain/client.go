@@ -127,6 +127,10 @@ func (c *Client) Start(ctx context.Context, names []string) map[string]error {
 		if !ok {
 			continue
 		}
+		if err := c.opt.Config.CheckPlacement(ch); err != nil {
+			result[name] = err // refused before any program starts for it
+			continue
+		}
 		chains[name] = ch
 		for i := range ch.Hops {
 			key, err := c.hopKey(ch, i)
@@ -277,19 +281,35 @@ func (c *Client) endpoint(ctx context.Context, ch Chain, i int, launch bool) (*n
 	return m.Addr, nil
 }
 
-// HopError says which hop of a chain failed, and why.
+// HopError says which hop of a chain failed, which PT program was asked to
+// reach what, and why.
 type HopError struct {
 	Alias  string
 	Hop    int    // 0 is innermost; -1 when no hop is to blame (bad arguments)
 	Method string // the hop's method
-	Err    error
+	// Program is the PT program serving the hop, and Proxy its SOCKS
+	// address; both are empty when the hop failed before it was asked.
+	Program, Proxy string
+	// Target is what the hop was asked to reach: Bridge, the chain's
+	// destination, for the outermost hop, the next hop's shim for the
+	// others.
+	Target, Bridge string
+	Err            error
 }
 
 func (e *HopError) Error() string {
-	if e.Hop < 0 {
+	switch {
+	case e.Hop < 0:
 		return fmt.Sprintf("chain %s: %v", e.Alias, e.Err)
+	case e.Proxy == "":
+		return fmt.Sprintf("chain %s: hop %d (%s): %v", e.Alias, e.Hop, e.Method, e.Err)
+	case e.Target == e.Bridge:
+		return fmt.Sprintf("chain %s: hop %d (%s, %s at %s) could not reach %s: %v",
+			e.Alias, e.Hop, e.Method, e.Program, e.Proxy, e.Target, e.Err)
+	default:
+		return fmt.Sprintf("chain %s: hop %d (%s, %s at %s) could not reach %s through hop %d's shim %s: %v",
+			e.Alias, e.Hop, e.Method, e.Program, e.Proxy, e.Bridge, e.Hop+1, e.Target, e.Err)
 	}
-	return fmt.Sprintf("chain %s: hop %d (%s): %v", e.Alias, e.Hop, e.Method, e.Err)
 }
 
 func (e *HopError) Unwrap() error { return e.Err }
@@ -314,45 +334,52 @@ func (c *Conn) Close() error {
 	return err
 }
 
-// hopResult is what a shim reports once its hop is set up or has failed.
+// hopPlan is one hop of a connection being set up: the PT asked, and what
+// it is asked to reach.
+type hopPlan struct {
+	method, program string
+	proxy           string // the PT's SOCKS address
+	user, pass      []byte // its arguments, split as tor splits them
+	target          string // the next hop's shim, or the bridge
+}
+
+// hopResult is what shim i reports once its hop is set up or has failed.
 type hopResult struct {
-	hop int
+	shim     int  // 1..n-1; 0 in an empty slot: no report
+	accepted bool // hop shim-1 connected to the shim
+	// err: when accepted, why hop shim's SOCKS request failed; otherwise
+	// why hop shim-1 never connected. Nil when the hop is set up.
 	err error
+	// abandoned: err is only the setup's cancellation, because another
+	// hop failed first, the caller gave up or the client is closing.
+	abandoned bool
 }
 
 // Dial sets up one connection through the chain named name to target (the
 // bridge), with args in tor's per-connection form (N.key for hop N only).
+// Cancelling ctx abandons the setup; it does not end an established
+// connection.
 func (c *Client) Dial(ctx context.Context, name, target string, args metadata.Args) (*Conn, error) {
+	start := time.Now()
 	ch, ok := c.opt.Config.Lookup(name)
 	if !ok {
 		return nil, &HopError{Alias: name, Hop: -1, Err: errors.New("no such chain")}
 	}
-	n := len(ch.Hops)
-	perHop, err := metadata.SplitHops(args, n)
-	if err != nil {
+	if err := c.opt.Config.CheckPlacement(ch); err != nil {
 		return nil, &HopError{Alias: name, Hop: -1, Err: err}
 	}
-	type hop struct {
-		addr       *net.TCPAddr
-		user, pass []byte
+	hops, err := c.planHops(ctx, ch, args)
+	if err != nil {
+		return nil, err
 	}
-	hops := make([]hop, n)
-	for i := range hops {
-		addr, err := c.endpoint(ctx, ch, i, true)
-		if err != nil {
-			return nil, &HopError{Alias: name, Hop: i, Method: ch.Hops[i], Err: err}
-		}
-		user, pass, err := metadata.SOCKS5Credentials(metadata.EncodeClientArgs(perHop[i]))
-		if err != nil {
-			return nil, &HopError{Alias: name, Hop: i, Method: ch.Hops[i], Err: err}
-		}
-		hops[i] = hop{addr, user, pass}
-	}
+	n := len(hops)
 
 	// The connection's lifetime: cancelled by Conn.Close after the linger,
 	// by a failed setup, or by Client.Close.
 	life, endLife := context.WithCancel(c.ctx)
 	setup, endSetup := context.WithTimeout(life, c.opt.SetupTimeout)
+	stopCaller := context.AfterFunc(ctx, endSetup)
+	defer stopCaller()
 	if err := c.enter(); err != nil {
 		endSetup()
 		endLife()
@@ -379,74 +406,43 @@ func (c *Client) Dial(ctx context.Context, name, target string, args metadata.Ar
 		}
 		shims[i] = l
 	}
+	for i := range hops {
+		hops[i].target = target
+		if i < n-1 {
+			hops[i].target = shims[i+1].Addr().String()
+		}
+	}
 	results := make(chan hopResult, n)
 	for i := 1; i < n; i++ {
-		next := target
-		if i < n-1 {
-			next = shims[i+1].Addr().String()
-		}
 		group.Add(1)
 		go func() {
 			defer group.Done()
-			c.runShim(setup, life, shims[i], i, hops[i].addr.String(), next, hops[i].user, hops[i].pass, results)
+			c.runShim(setup, life, shims[i], i, hops[i], start, results)
 		}()
 	}
-	first := target
-	if n > 1 {
-		first = shims[1].Addr().String()
-	}
-	conn0, err := shim.DialSOCKS5(setup, hops[0].addr.String(), first, hops[0].user, hops[0].pass)
-	rootHop, rootErr := 0, err
-	// Every shim reports once its hop has answered. On success wait for all
-	// of them: a PT that grants before its own next hop is up (many do)
-	// must not make us grant a chain that is broken further out. On failure
-	// the deepest hop that failed is the cause, the inner ones failing as a
-	// consequence; give the shims a moment to report it.
-	var grace <-chan time.Time
+	conn0, err := shim.DialSOCKS5(setup, hops[0].proxy, hops[0].target, hops[0].user, hops[0].pass)
 	if err != nil {
-		t := time.NewTimer(250 * time.Millisecond)
-		defer t.Stop()
-		grace = t.C
+		err = withElapsed(err, start)
 	}
-	reported := make([]bool, n)
-collect:
-	for got := 0; got < n-1; got++ {
-		select {
-		case r := <-results:
-			reported[r.hop] = true
-			if r.err != nil && (rootErr == nil || r.hop > rootHop) {
-				rootHop, rootErr = r.hop, r.err
-			}
-		case <-grace:
-			break collect
-		case <-setup.Done():
-			if rootErr == nil { // the innermost hop that never answered
-				rootHop = n - 1
-				for i := n - 1; i >= 1; i-- {
-					if !reported[i] {
-						rootHop = i
-					}
-				}
-				rootErr = fmt.Errorf("no answer within %v", c.opt.SetupTimeout)
-			}
-			break collect
-		}
+	reports := collect(setup, n, err != nil, results)
+	rootHop, rootErr := blame(err, reports)
+	if rootErr == nil && !allSetUp(reports) {
+		rootHop, rootErr = 0, errors.New("setup abandoned") // explained by abandoned below
 	}
 	if rootErr != nil {
 		if conn0 != nil {
 			conn0.Close()
 		}
-		endSetup()
-		endLife()
 		for _, s := range shims[1:] {
 			s.Close()
 		}
-		group.Wait()
-		if rootHop == 0 && errors.Is(rootErr, context.DeadlineExceeded) {
-			rootErr = fmt.Errorf("no SOCKS reply within %v: %w", c.opt.SetupTimeout, rootErr)
+		fail()
+		if cause := c.abandoned(ctx, start); cause != nil {
+			return nil, &HopError{Alias: name, Hop: -1, Err: cause}
 		}
-		c.conns.Done()
-		return nil, &HopError{Alias: name, Hop: rootHop, Method: ch.Hops[rootHop], Err: rootErr}
+		h := hops[rootHop]
+		return nil, &HopError{Alias: name, Hop: rootHop, Method: h.method, Program: h.program, Proxy: h.proxy,
+			Target: h.target, Bridge: target, Err: rootErr}
 	}
 	release := func() {
 		go func() {
@@ -461,28 +457,134 @@ collect:
 	return &Conn{TCPConn: conn0, release: release}, nil
 }
 
-// runShim is shim i: it accepts hop i-1's one connection, asks hop i (at
-// proxy) to connect to next, reports the outcome, and then pipes.
-func (c *Client) runShim(setup, life context.Context, l *shim.OneUse, i int, proxy, next string, user, pass []byte, results chan<- hopResult) {
+// planHops finds the PT serving each hop of ch, starting it if need be,
+// and its arguments.
+func (c *Client) planHops(ctx context.Context, ch Chain, args metadata.Args) ([]hopPlan, error) {
+	perHop, err := metadata.SplitHops(args, len(ch.Hops))
+	if err != nil {
+		return nil, &HopError{Alias: ch.Alias, Hop: -1, Err: err}
+	}
+	hops := make([]hopPlan, len(ch.Hops))
+	for i, m := range ch.Hops {
+		addr, err := c.endpoint(ctx, ch, i, true)
+		if err != nil {
+			return nil, &HopError{Alias: ch.Alias, Hop: i, Method: m, Err: err}
+		}
+		user, pass, err := metadata.SOCKS5Credentials(metadata.EncodeClientArgs(perHop[i]))
+		if err != nil {
+			return nil, &HopError{Alias: ch.Alias, Hop: i, Method: m, Err: err}
+		}
+		p, _ := c.opt.Config.PluginFor(m) // endpoint found it
+		hops[i] = hopPlan{method: m, program: p.Path, proxy: addr.String(), user: user, pass: pass}
+	}
+	return hops, nil
+}
+
+// collect gathers the reports of a connection's n-1 shims, indexed by shim.
+// Every shim reports within the setup's bound. When hop 0 has failed
+// (failed0) while the setup still runs, the shims waiting for a connection
+// that will never come are not waited for: a shim whose hop failed reports
+// before its connection from the hop before is closed, so the report that
+// explains hop 0's failure is already there; the others get a moment.
+func collect(setup context.Context, n int, failed0 bool, results <-chan hopResult) []hopResult {
+	reports := make([]hopResult, n)
+	var grace <-chan time.Time
+	if failed0 && setup.Err() == nil {
+		t := time.NewTimer(250 * time.Millisecond)
+		defer t.Stop()
+		grace = t.C
+	}
+	for got := 0; got < n-1; got++ {
+		select {
+		case r := <-results:
+			reports[r.shim] = r
+		case <-grace:
+			return reports
+		}
+	}
+	return reports
+}
+
+// blame returns the hop that caused a failed setup, and its error, or -1
+// and nil when every hop succeeded. A hop failing makes the hops inside it
+// fail too, so the outermost failure is the cause; but only among the hops
+// that were asked: hop 0 always is, hop i once hop i-1 connected to shim i.
+// A hop whose shim never got its connection failed as a consequence of the
+// hop before, which is the one to name.
+func blame(err0 error, reports []hopResult) (int, error) {
+	root, rootErr := -1, error(nil)
+	if err0 != nil {
+		root, rootErr = 0, err0
+	}
+	for i := 1; i < len(reports); i++ {
+		r := reports[i]
+		hop, asked := i, r.accepted
+		if !r.accepted {
+			hop, asked = i-1, i-1 == 0 || reports[i-1].accepted
+		}
+		if r.err != nil && !r.abandoned && asked && hop > root {
+			root, rootErr = hop, r.err
+		}
+	}
+	return root, rootErr
+}
+
+// allSetUp reports whether every shim reported its hop set up.
+func allSetUp(reports []hopResult) bool {
+	for _, r := range reports[1:] {
+		if r.shim == 0 || !r.accepted || r.err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// abandoned says why a setup ended early when the hops are not to blame:
+// the caller's ctx was cancelled, or the client is closing.
+func (c *Client) abandoned(ctx context.Context, start time.Time) error {
+	switch {
+	case c.ctx.Err() != nil:
+		return errors.New("client is closed")
+	case ctx.Err() != nil:
+		return fmt.Errorf("setup abandoned after %v: %w", time.Since(start).Round(time.Millisecond), context.Cause(ctx))
+	}
+	return nil
+}
+
+// withElapsed adds how long a hop was waited for to a timeout.
+func withElapsed(err error, start time.Time) error {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("no SOCKS reply in %v: %w", time.Since(start).Round(time.Millisecond), err)
+	}
+	return err
+}
+
+// runShim is shim i: it accepts hop i-1's one connection, asks hop i to
+// connect to its target, reports the outcome, and then pipes.
+func (c *Client) runShim(setup, life context.Context, l *shim.OneUse, i int, h hopPlan, start time.Time, results chan<- hopResult) {
+	// Cancelled (not expired): another hop failed, or the caller or the
+	// client ended the setup.
+	abandoned := func() bool { return setup.Err() != nil && !errors.Is(setup.Err(), context.DeadlineExceeded) }
 	in, err := l.Accept(setup)
 	if err != nil {
-		if setup.Err() == nil || errors.Is(setup.Err(), context.DeadlineExceeded) {
-			results <- hopResult{i - 1, fmt.Errorf("did not connect to the next hop: %w", err)}
-		} else {
-			results <- hopResult{i, nil}
+		r := hopResult{shim: i, err: fmt.Errorf("shim: %w", err), abandoned: abandoned()}
+		// The listener's deadline is the setup's, and may fire first.
+		if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+			r.err = fmt.Errorf("it never connected to that shim in %v (a PT that does not connect to the address it is given must be the last hop, see docs/client.md): %w",
+				time.Since(start).Round(time.Millisecond), context.DeadlineExceeded)
 		}
+		results <- r
 		return
 	}
-	out, err := shim.DialSOCKS5(setup, proxy, next, user, pass)
+	out, err := shim.DialSOCKS5(setup, h.proxy, h.target, h.user, h.pass)
 	if err != nil {
+		// Report before closing in: hop i-1 fails when in closes, and
+		// Dial's collect must find this report when it does.
+		results <- hopResult{shim: i, accepted: true, err: withElapsed(err, start), abandoned: abandoned()}
 		in.Close()
-		if setup.Err() != nil && !errors.Is(setup.Err(), context.DeadlineExceeded) {
-			err = nil // cancelled because another hop failed first
-		}
-		results <- hopResult{i, err}
 		return
 	}
-	results <- hopResult{i, nil}
+	results <- hopResult{shim: i, accepted: true}
 	shim.Pipe(life, in, out)
 }
 

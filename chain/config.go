@@ -51,7 +51,18 @@ type Config struct {
 	// ServerOptions are ServerTransportOptions lines, by alias, with their
 	// N.key hop prefixes still on (server side only).
 	ServerOptions map[string]metadata.Args
+	// Indirect names methods, besides KnownIndirect, whose PT does not
+	// connect to the address it is given (Indirect lines, --indirect).
+	Indirect []string
 }
+
+// KnownIndirect are the methods of PTs that do not connect to the address
+// they are given, and so cannot be pointed at the next hop's shim: meek
+// posts to the HTTPS front named in its url= and front= arguments,
+// snowflake talks to its broker and to WebRTC proxies, webtunnel connects
+// to the host of its url=. Such a method can only be the last hop of a
+// chain; a configuration names others with Indirect.
+var KnownIndirect = []string{"meek", "meek_lite", "snowflake", "webtunnel"}
 
 // IsIdentifier reports whether s is a C identifier, [a-zA-Z_][a-zA-Z0-9_]*,
 // the only names tor accepts for transports (transports.c).
@@ -156,6 +167,7 @@ func (c *Config) addChain(alias, spec, source string) error {
 //	ServerTransportPlugin NAMES exec PATH [ARGS...]
 //	Alias ALIAS CHAIN
 //	ServerTransportOptions ALIAS K=V [K=V...]
+//	Indirect METHOD [METHOD...]
 //
 // The other role's plugin and option lines are accepted and skipped.
 func ParseFile(path string, role Role) (*Config, error) {
@@ -207,6 +219,11 @@ func (c *Config) parseDirective(words []string, role Role, src string) error {
 			return fmt.Errorf("%s: want Alias ALIAS CHAIN, as in Alias obfs3_obfs4 obfs3|obfs4", src)
 		}
 		return c.addChain(words[1], words[2], src)
+	case "indirect":
+		if len(words) < 2 {
+			return fmt.Errorf("%s: want Indirect METHOD [METHOD...], as in Indirect dnstt", src)
+		}
+		return c.addIndirect(words[1:], src)
 	case "servertransportoptions":
 		if len(words) < 3 {
 			return fmt.Errorf("%s: want ServerTransportOptions ALIAS K=V [K=V...]", src)
@@ -232,14 +249,59 @@ func (c *Config) parseDirective(words []string, role Role, src string) error {
 		}
 		return nil
 	default:
-		return fmt.Errorf("%s: unknown directive %q (want ClientTransportPlugin, ServerTransportPlugin, Alias or ServerTransportOptions)", src, words[0])
+		return fmt.Errorf("%s: unknown directive %q (want ClientTransportPlugin, ServerTransportPlugin, Alias, ServerTransportOptions or Indirect)", src, words[0])
 	}
+}
+
+// AddIndirectFlag adds an --indirect METHODS definition: methods, comma
+// separated, whose PT does not connect to the address it is given.
+func (c *Config) AddIndirectFlag(s string) error {
+	return c.addIndirect(strings.Split(s, ","), "--indirect "+s)
+}
+
+func (c *Config) addIndirect(methods []string, source string) error {
+	for _, m := range methods {
+		if !IsIdentifier(m) {
+			return fmt.Errorf("%s: method name %q is not a C identifier ([a-zA-Z_][a-zA-Z0-9_]*)", source, m)
+		}
+		if !c.IsIndirect(m) {
+			c.Indirect = append(c.Indirect, m)
+		}
+	}
+	return nil
+}
+
+// IsIndirect reports whether method's PT ignores the address it is given:
+// a KnownIndirect method or one the configuration names.
+func (c *Config) IsIndirect(method string) bool {
+	return contains(KnownIndirect, method) || contains(c.Indirect, method)
+}
+
+// CheckPlacement reports an indirect method anywhere but last in ch: its
+// PT would never connect to the next hop's shim, and every connection
+// would wait for the setup timeout before failing.
+func (c *Config) CheckPlacement(ch Chain) error {
+	if len(ch.Hops) == 0 {
+		return nil
+	}
+	var errs []error
+	for i, m := range ch.Hops[:len(ch.Hops)-1] {
+		if c.IsIndirect(m) {
+			errs = append(errs, fmt.Errorf("hop %d %q is an indirect PT: it reaches its own front, broker or URL instead of the address it is given, so nothing can follow it; it can only be the last hop of a chain (%s)", i, m, ch.Source))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Merge adds o's definitions to c. Conflicts are reported by Validate.
 func (c *Config) Merge(o *Config) {
 	c.Plugins = append(c.Plugins, o.Plugins...)
 	c.Chains = append(c.Chains, o.Chains...)
+	for _, m := range o.Indirect {
+		if !contains(c.Indirect, m) {
+			c.Indirect = append(c.Indirect, m)
+		}
+	}
 	for alias, args := range o.ServerOptions {
 		if c.ServerOptions == nil {
 			c.ServerOptions = make(map[string]metadata.Args)

@@ -51,7 +51,8 @@ func DialSOCKS5(ctx context.Context, proxyAddr, target string, user, pass []byte
 // The exchange is bounded by ctx: its deadline becomes conn's deadline, and
 // cancelling it unblocks the exchange at once. conn's deadline is cleared
 // before Handshake returns. A non-zero REP is returned as a *ReplyError.
-// Handshake does not close conn.
+// Handshake does not close conn. Its errors do not repeat target, which
+// the caller knows and names (chain.HopError).
 func Handshake(ctx context.Context, conn net.Conn, target string, user, pass []byte) (err error) {
 	req, err := encodeRequest(target)
 	if err != nil {
@@ -85,7 +86,7 @@ func Handshake(ctx context.Context, conn net.Conn, target string, user, pass []b
 			// clearing the deadline below is the last word.
 			<-fired
 			if err == nil {
-				err = fmt.Errorf("socks5: handshake with %s: %w", target, context.Cause(ctx))
+				err = fmt.Errorf("socks5: handshake: %w", context.Cause(ctx))
 			}
 		}
 		if cerr := conn.SetDeadline(time.Time{}); cerr != nil && err == nil {
@@ -95,9 +96,9 @@ func Handshake(ctx context.Context, conn net.Conn, target string, user, pass []b
 
 	if err := handshake(conn, req, user, pass, auth); err != nil {
 		if cerr := ctx.Err(); cerr != nil {
-			return fmt.Errorf("socks5: handshake with %s: %w: %w", target, context.Cause(ctx), err)
+			return fmt.Errorf("socks5: handshake: %w: %w", context.Cause(ctx), err)
 		}
-		return fmt.Errorf("socks5: handshake with %s: %w", target, err)
+		return fmt.Errorf("socks5: %w", err)
 	}
 	return nil
 }

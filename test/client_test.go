@@ -307,7 +307,7 @@ func TestClientUnreachableBridge(t *testing.T) {
 	if !errors.As(err, &re) || re.Code != shim.RepConnectionRefused {
 		t.Fatalf("dial to a closed port: %v, want SOCKS reply 0x05", err)
 	}
-	if _, err := c.logs.waitFor(5*time.Second, "hop 2 (test)", "refused"); err != nil {
+	if _, err := c.logs.waitFor(5*time.Second, "hop 2 (test, ", "could not reach", "refused"); err != nil {
 		t.Error(err)
 	}
 	conn, err := c.dial(ctx, "t3", bridge, args)

@@ -39,6 +39,7 @@ func main() {
 			&cli.DurationFlag{Name: "socks-timeout", Value: 10 * time.Second, Usage: "bound on reading an application's SOCKS request"},
 			&cli.DurationFlag{Name: "setup-timeout", Value: chain.DefaultSetupTimeout, Usage: "bound on setting up a chained connection (all hops)"},
 			&cli.DurationFlag{Name: "start-timeout", Value: chain.DefaultStartTimeout, Usage: "bound on a PT program's start, up to CMETHODS DONE"},
+			&cli.StringSliceFlag{Name: "indirect", Usage: "methods whose PT does not connect to the address it is given, as meek_lite, snowflake and webtunnel do: `METHODS`, comma separated; they can only be last in a chain (repeatable)"},
 			&cli.IntFlag{Name: "max-conns", Value: 0, Usage: "cap on application connections open at once (0: none); further ones are closed at once"},
 			&cli.StringSliceFlag{Name: "listen", Category: "Standalone (without tor)", Usage: "a SOCKS5 listener for a chain: `ALIAS=ADDR`; the application gives the bridge and its arguments as tor does (repeatable)"},
 			&cli.StringSliceFlag{Name: "tunnel", Category: "Standalone (without tor)", Usage: "a plain TCP listener whose connections go through a chain to a bridge: `ADDR=ALIAS@BRIDGE` (repeatable)"},

@@ -40,8 +40,8 @@ func Flags() []cli.Flag {
 	}
 }
 
-// LoadConfig builds the configuration from --config and the --plugin and
-// --chain flags, and validates it.
+// LoadConfig builds the configuration from --config and the --plugin,
+// --chain and (client) --indirect flags, and validates it.
 func LoadConfig(c *cli.Context, role chain.Role) (*chain.Config, error) {
 	cfg := &chain.Config{}
 	if path := c.String("config"); path != "" {
@@ -58,6 +58,11 @@ func LoadConfig(c *cli.Context, role chain.Role) (*chain.Config, error) {
 	}
 	for _, ch := range c.StringSlice("chain") {
 		if err := cfg.AddChainFlag(ch); err != nil {
+			return nil, err
+		}
+	}
+	for _, m := range c.StringSlice("indirect") { // the client's flag
+		if err := cfg.AddIndirectFlag(m); err != nil {
 			return nil, err
 		}
 	}

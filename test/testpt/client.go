@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -89,6 +90,14 @@ func handleClient(conn *pt.SocksConn, method string, dial func(string) (net.Conn
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testpt:", err)
 		conn.Reject()
+		return
+	}
+	if *mode == "ignore-target" {
+		// Like meek or snowflake, which reach their own front or broker:
+		// the target is never dialled.
+		if conn.Grant(nil) == nil {
+			io.Copy(io.Discard, conn)
+		}
 		return
 	}
 	remote, err := dial(conn.Req.Target)

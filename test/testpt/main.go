@@ -19,7 +19,10 @@
 // see exactly what each hop was asked.
 //
 // -mode selects a failure for tests: env-error, version-error,
-// exit-before-done, hang, garbage, nonascii-log, crash-after.
+// exit-before-done, hang, garbage, nonascii-log, crash-after, and
+// ignore-target: the client grants every SOCKS request without ever
+// connecting to its target, as an indirect PT (meek, snowflake) does when
+// it is not the last hop of a chain.
 package main
 
 import (
@@ -38,7 +41,7 @@ import (
 const defaultKey = 90
 
 var (
-	mode        = flag.String("mode", "normal", "normal, env-error, version-error, exit-before-done, hang, garbage, nonascii-log or crash-after")
+	mode        = flag.String("mode", "normal", "normal, env-error, version-error, exit-before-done, hang, garbage, nonascii-log, crash-after or ignore-target")
 	crashAfter  = flag.Duration("crash-after", time.Second, "with -mode crash-after: exit with status 4 after this long")
 	acceptProxy = flag.Bool("accept-proxy", false, "accept TOR_PT_PROXY (socks5 only) instead of PROXY-ERROR")
 	stderrSpam  = flag.Int("stderr-spam", 0, "write this many lines to stderr at start")
