@@ -481,23 +481,37 @@ func (c *Client) planHops(ctx context.Context, ch Chain, args metadata.Args) ([]
 }
 
 // collect gathers the reports of a connection's n-1 shims, indexed by shim.
-// Every shim reports within the setup's bound. When hop 0 has failed
-// (failed0) while the setup still runs, the shims waiting for a connection
-// that will never come are not waited for: a shim whose hop failed reports
-// before its connection from the hop before is closed, so the report that
-// explains hop 0's failure is already there; the others get a moment.
+// Every shim reports within the setup's bound, but once a hop has failed
+// (hop 0 when failed0) while the setup still runs, the shims waiting for a
+// connection that will never come are not waited for: the others get a
+// moment to report a failure further out. A shim whose hop failed reports
+// before it closes its connection from the hop before, so a failure
+// further out is normally in before its consequences.
 func collect(setup context.Context, n int, failed0 bool, results <-chan hopResult) []hopResult {
 	reports := make([]hopResult, n)
-	var grace <-chan time.Time
-	if failed0 && setup.Err() == nil {
-		t := time.NewTimer(250 * time.Millisecond)
-		defer t.Stop()
-		grace = t.C
+	var timer *time.Timer
+	var grace <-chan time.Time // nil: no failure yet, or the setup is over
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	failed := func() {
+		if timer == nil && setup.Err() == nil {
+			timer = time.NewTimer(250 * time.Millisecond)
+			grace = timer.C
+		}
+	}
+	if failed0 {
+		failed()
 	}
 	for got := 0; got < n-1; got++ {
 		select {
 		case r := <-results:
 			reports[r.shim] = r
+			if r.err != nil && !r.abandoned {
+				failed()
+			}
 		case <-grace:
 			return reports
 		}
@@ -522,7 +536,9 @@ func blame(err0 error, reports []hopResult) (int, error) {
 		if !r.accepted {
 			hop, asked = i-1, i-1 == 0 || reports[i-1].accepted
 		}
-		if r.err != nil && !r.abandoned && asked && hop > root {
+		// For one hop, that it never connected to the next shim says more
+		// than its own SOCKS exchange, which timed out waiting for it.
+		if r.err != nil && !r.abandoned && asked && (hop > root || hop == root && !r.accepted) {
 			root, rootErr = hop, r.err
 		}
 	}

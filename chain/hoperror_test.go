@@ -35,23 +35,30 @@ func startClient(t *testing.T, cfg *Config, setupTimeout time.Duration, names ..
 // reach what: the bridge for the outermost hop; for an inner hop, the
 // bridge through the next hop's shim. The SOCKS reply code is kept.
 func TestHopErrorNamesPTAndTarget(t *testing.T) {
-	cli := startClient(t, testConfig(t), 0, "t2")
+	cli := startClient(t, testConfig(t), 0, "t2", "t3")
 	pt := regexp.QuoteMeta(testpt)
 	for _, tc := range []struct {
-		name   string
-		target string
-		args   metadata.Args
-		hop    int
-		code   byte
-		want   string // the whole message
+		name, chain string
+		target      string
+		args        metadata.Args
+		hop         int
+		code        byte
+		want        string // the whole message
 	}{
-		{"outer hop", "127.0.0.1:1", nil, 1, shim.RepConnectionRefused,
+		{"outer hop", "t2", "127.0.0.1:1", nil, 1, shim.RepConnectionRefused,
 			`^chain t2: hop 1 \(test, ` + pt + ` at 127\.0\.0\.1:\d+\) could not reach 127\.0\.0\.1:1: socks5: connection refused \(0x05\)$`},
-		{"inner hop", "192.0.2.10:443", metadata.Args{"0.key": {"999"}}, 0, shim.RepGeneralFailure,
+		{"inner hop", "t2", "192.0.2.10:443", metadata.Args{"0.key": {"999"}}, 0, shim.RepGeneralFailure,
 			`^chain t2: hop 0 \(test, ` + pt + ` at 127\.0\.0\.1:\d+\) could not reach 192\.0\.2\.10:443 through hop 1's shim 127\.0\.0\.1:\d+: socks5: general SOCKS server failure \(0x01\)$`},
+		// Hop 0 has granted by then (the test PT grants once it has
+		// reached its target); the failure still ends the setup at once,
+		// not at the setup timeout (60 s, beyond the ctx below).
+		{"middle hop", "t3", "192.0.2.10:443", metadata.Args{"1.key": {"999"}}, 1, shim.RepGeneralFailure,
+			`^chain t3: hop 1 \(test, ` + pt + ` at 127\.0\.0\.1:\d+\) could not reach 192\.0\.2\.10:443 through hop 2's shim 127\.0\.0\.1:\d+: socks5: general SOCKS server failure \(0x01\)$`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := cli.Dial(context.Background(), "t2", tc.target, tc.args)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, err := cli.Dial(ctx, tc.chain, tc.target, tc.args)
 			var he *HopError
 			if !errors.As(err, &he) || he.Hop != tc.hop || he.ReplyCode() != tc.code {
 				t.Fatalf("Dial: %v; want hop %d with reply 0x%02x", err, tc.hop, tc.code)
