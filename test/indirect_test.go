@@ -1,10 +1,16 @@
 package test
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ptcombiner/ptcombiner/shim"
 )
 
 // Under tor, a chain with an indirect PT anywhere but last is refused at
@@ -33,5 +39,35 @@ func TestClientRefusesIndirectNotLast(t *testing.T) {
 	}
 	if _, ok := c.methods["t2"]; !ok {
 		t.Errorf("t2 not served: errors %v", c.errs)
+	}
+}
+
+// A PT that grants the SOCKS request but never connects to the next hop's
+// shim (the test PT's ignore-target mode, as an undeclared indirect PT
+// placed first): tor's request is refused with TTL expired after
+// --setup-timeout, and tor's log names that hop with the time waited.
+func TestClientNamesHopThatNeverConnects(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "ptcombiner.conf")
+	if err := os.WriteFile(conf, []byte(
+		"ClientTransportPlugin testbad exec "+bin("testpt")+" -mode ignore-target\n"+
+			"ClientTransportPlugin test exec "+bin("testpt")+"\n"+
+			"Alias bad testbad|test\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := startCombiner(t, []string{"bad"}, "--config", conf, "--setup-timeout", "2s")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := c.dial(ctx, "bad", "127.0.0.1:1", nil)
+	var re *shim.ReplyError
+	if !errors.As(err, &re) || re.Code != shim.RepTTLExpired {
+		t.Fatalf("dial: %v, want SOCKS reply TTL expired (0x06)", err)
+	}
+	line, err := c.logs.waitFor(10*time.Second, "hop 0 (testbad, ", "through hop 1's shim", "never connected to that shim in")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`never connected to that shim in ([0-9.]+m?s)`).FindStringSubmatch(line)
+	if d, perr := time.ParseDuration(m[1]); perr != nil || d < 2*time.Second || d >= time.Minute {
+		t.Errorf("waited %q: want the time really waited, at least --setup-timeout 2s: %s", m[1], line)
 	}
 }
