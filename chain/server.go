@@ -223,20 +223,20 @@ func (s *Server) placeSlots(dirs *stateDirs, slots []hopSlot) []*serverChild {
 }
 
 // earlierDirs returns each slot's state directory from an earlier run, or
-// "" for a new slot: the record's, or without a record the directory named
-// after the slot, else the one the naming before the record gave it.
+// "" for a new slot: the record's; for a slot the record lacks (no record
+// yet, an upgrade, a slot not started since), a directory that no slot of
+// the record claims and that is named after the slot, or else that the
+// naming before the record gave the slot.
 func (s *Server) earlierDirs(dirs *stateDirs, slots []hopSlot) []string {
 	out := make([]string, len(slots))
-	if dirs.found {
-		for i, sl := range slots {
-			out[i] = dirs.dirs[sl.slot]
-		}
-		return out
-	}
 	legacy := s.legacyDirs(slots)
 	for i, sl := range slots {
+		if d, ok := dirs.dirs[sl.slot]; ok {
+			out[i] = d
+			continue
+		}
 		for _, name := range []string{naturalDir(s.program(sl.plugin), sl.slot), legacy[i]} {
-			if exists(filepath.Join(s.opt.StateDir, name)) {
+			if !dirs.used(name) && exists(filepath.Join(s.opt.StateDir, name)) {
 				out[i] = name
 				break
 			}

@@ -30,10 +30,11 @@ import (
 //   - A slot seen for the first time joins a child it may share, or gets a
 //     new directory named after it: <program>-<alias>-<hop>.
 //
-// Without the file (a first start, an upgrade from a version that named
-// directories <program>-<plugin index>-<child index>, or a lost file), each
-// slot takes the directory named after it if there is one, else the
-// directory the old naming gave it for the same torrc, if there is one.
+// A slot the record lacks (a first start, an upgrade from a version that
+// named directories <program>-<plugin index>-<child index>, a lost record,
+// a chain not started since) takes a directory that no slot of the record
+// claims: the one named after it if there is one, else the one the old
+// naming gave it for the same torrc, if there is one.
 const stateDirsFile = "state-dirs.json"
 
 // slot is one position of one chain: what a child's state belongs to. The

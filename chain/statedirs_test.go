@@ -3,6 +3,7 @@ package chain
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"net"
@@ -237,5 +238,41 @@ func TestServerStateDirsBadRecord(t *testing.T) {
 	}
 	if len(srv.Processes()) != 0 {
 		t.Error("children started")
+	}
+}
+
+// Without its record, or with a record that lacks a slot, each slot finds
+// its directory by its name, as the docs tell an operator who lost the file.
+func TestServerStateDirsLostRecord(t *testing.T) {
+	dir, testptb := t.TempDir(), secondProgram(t)
+	l := layout{
+		plugins: []string{"test=" + testpt, "testb=" + testptb},
+		chains:  []string{"a=test", "b=testb|test"},
+		binds:   []string{"a", "b"},
+		opts:    map[string]metadata.Args{"a": {"key": {"7"}}},
+	}
+	seen := map[slot]string{}
+	keep(t, "first start", seen, l.start(t, dir))
+	record := filepath.Join(dir, stateDirsFile)
+	if err := os.Remove(record); err != nil {
+		t.Fatal(err)
+	}
+	l.binds = []string{"b", "a"}
+	keep(t, "without the record", seen, l.start(t, dir))
+	// A record that knows only a's slot.
+	b, err := os.ReadFile(record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f stateDirsFileV1
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	f.Slots = slices.DeleteFunc(f.Slots, func(e stateDirEntry) bool { return e.Alias != "a" })
+	b, _ = json.Marshal(f)
+	os.WriteFile(record, b, 0o600)
+	keep(t, "with a partial record", seen, l.start(t, dir))
+	if len(seen) != 3 {
+		t.Errorf("slots: %v", seen)
 	}
 }
