@@ -273,7 +273,7 @@ func attributionRace(t *testing.T, rc raceCase, total, workers int, within time.
 // client's address, through hops on two children and through two hops on
 // one child.
 func TestServerAttributionRaceEngine(t *testing.T) {
-	total, workers := 1500, 150
+	total, workers := 1000, 100
 	if testing.Short() {
 		total, workers = 300, 50
 	}
