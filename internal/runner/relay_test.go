@@ -31,7 +31,7 @@ func TestReportEventQuotesStderr(t *testing.T) {
 	}
 	ReportEvent(&cfg, []string{"obfs4"}, chain.Event{
 		Program: "/usr/bin/obfs4proxy", Pid: 7, Kind: chain.EventExited, Err: errors.New("exit status 2"),
-		Stderr: []string{"panic: BUG: Write(), iat length was 0", "goroutine 42 [running]:", "peer 192.0.2.9:443"},
+		Stderr:  []string{"panic: BUG: Write(), iat length was 0", "goroutine 42 [running]:", "peer 192.0.2.9:443"},
 		Crashes: 1,
 	})
 	line := out.String()
