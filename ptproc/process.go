@@ -115,6 +115,9 @@ func Start(ctx context.Context, s Spec) (*Process, error) {
 	if err := s.validate(); err != nil {
 		return nil, fmt.Errorf("ptproc: %s: %w", name, err)
 	}
+	if ctx.Err() != nil { // no child to launch only to end it
+		return nil, fmt.Errorf("ptproc: %s: start cancelled: %w", name, context.Cause(ctx))
+	}
 	// A2: the state location "may not exist"; we create it so that each
 	// child has its own, private, directory.
 	if err := os.MkdirAll(s.StateDir, 0o700); err != nil {

@@ -3,6 +3,7 @@ package ptproc
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -172,5 +173,17 @@ func TestLastWordsWithoutAPanic(t *testing.T) {
 		if got := lastWords(tt.tail); !slices.Equal(got, tt.want) {
 			t.Errorf("lastWords(%q) = %q, want %q", tt.tail, got, tt.want)
 		}
+	}
+}
+
+// A start whose ctx has ended launches nothing.
+func TestStartCancelledBeforeLaunch(t *testing.T) {
+	s, _, _ := fakeSpec(t, "client", Client, "a")
+	s.Path = filepath.Join(t.TempDir(), "never-run") // launching it would fail otherwise
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Start(ctx, s)
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Start = %v, want context.Canceled", err)
 	}
 }
