@@ -65,7 +65,7 @@ type ServerOptions struct {
 	// MaxConns caps the client connections open at once; further ones are
 	// closed at once (0: no cap).
 	MaxConns   int
-	OnChildLog func(program, severity, message string)
+	OnChildLog func(program string, severity ptproc.Severity, message string)
 	// OnEvent, when set, hears when a child exits and is restarted.
 	OnEvent func(Event)
 }
@@ -532,13 +532,14 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 		Logger:         s.log,
 	}
 	if s.opt.OnChildLog != nil {
-		spec.OnLog = func(sev, msg string) { s.opt.OnChildLog(name, sev, msg) }
+		spec.OnLog = func(sev ptproc.Severity, msg string) { s.opt.OnChildLog(name, sev, msg) }
 	}
 	sup := &supervisor{
 		name: c.path,
+		life: s.ctx, // the child lives as long as the server
 		log:  s.log,
-		start: func(context.Context) (*ptproc.Process, error) {
-			p, err := ptproc.Start(s.ctx, spec) // the child lives as long as the server
+		start: func(ctx context.Context) (*ptproc.Process, error) {
+			p, err := ptproc.Start(ctx, spec)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", c.path, err)
 			}
@@ -547,13 +548,17 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 		},
 		onEvent: s.opt.OnEvent,
 	}
-	if _, err := sup.Start(s.ctx, &s.sups); err != nil {
-		return err
-	}
+	// Known to Close before it starts, so that Close stops it; and never
+	// set once Close has begun, which reads c.sup without the lock.
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errors.New("server is closed")
+	}
 	c.sup = sup
 	s.mu.Unlock()
-	return nil
+	_, err = sup.Start(ctx, &s.sups) // ctx, or Close, aborts a hanging start
+	return err
 }
 
 // serve runs an accept loop on ln, each connection in its own goroutine,

@@ -121,14 +121,7 @@ func run(c *cli.Context) error {
 	for _, b := range info.Bindaddrs {
 		binds = append(binds, chain.Bind{Alias: b.MethodName, Addr: b.Addr, Options: b.Options})
 	}
-	startCtx, cancelStart := context.WithCancel(context.Background())
-	go func() {
-		select {
-		case <-monitor.Exit():
-			cancelStart()
-		case <-startCtx.Done():
-		}
-	}()
+	startCtx, cancelStart := monitor.ExitContext()
 	published, err := server.Start(startCtx, binds)
 	cancelStart()
 	if err != nil {

@@ -214,6 +214,21 @@ func (m *Monitor) Drain() <-chan struct{} { return m.drain }
 // Exit is closed when the program must end now.
 func (m *Monitor) Exit() <-chan struct{} { return m.exit }
 
+// ExitContext returns a context cancelled by Exit or by cancel, for the
+// start of the PT programs: SIGTERM or stdin EOF then aborts a start that
+// hangs at once, without waiting for --start-timeout.
+func (m *Monitor) ExitContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-m.exit:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // Stop releases the monitor's signal handling.
 func (m *Monitor) Stop() { m.stop() }
 
