@@ -22,7 +22,6 @@ const (
 	DefaultSetupTimeout = 60 * time.Second
 	DefaultStartTimeout = 30 * time.Second
 	DefaultLinger       = 10 * time.Second
-	minRestartInterval  = time.Second
 	shimListenAddr      = "127.0.0.1:0"
 )
 
@@ -44,7 +43,7 @@ type ClientOptions struct {
 	// side of a connection has closed. 0: DefaultLinger.
 	Linger time.Duration
 	// OnChildLog, when set, receives every child's LOG lines (sanitised).
-	OnChildLog func(program, severity, message string)
+	OnChildLog func(program string, severity ptproc.Severity, message string)
 	// OnEvent, when set, hears when a child exits and is restarted.
 	OnEvent func(Event)
 }
@@ -217,13 +216,14 @@ func (c *Client) process(ctx context.Context, key procKey) (*ptproc.Process, err
 			spec.StateDir = dir + "-proxied"
 		}
 		if c.opt.OnChildLog != nil {
-			spec.OnLog = func(sev, msg string) { c.opt.OnChildLog(name, sev, msg) }
+			spec.OnLog = func(sev ptproc.Severity, msg string) { c.opt.OnChildLog(name, sev, msg) }
 		}
 		slot.sup = &supervisor{
 			name: slot.plugin.Path,
+			life: c.ctx, // the child lives as long as the client
 			log:  c.log,
 			start: func(ctx context.Context) (*ptproc.Process, error) {
-				p, err := ptproc.Start(c.ctx, spec) // the child lives as long as the client
+				p, err := ptproc.Start(ctx, spec)
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", spec.Path, err)
 				}
@@ -238,7 +238,7 @@ func (c *Client) process(ctx context.Context, key procKey) (*ptproc.Process, err
 	if p, err := sup.Current(); err == nil {
 		return p, nil
 	}
-	return sup.Start(c.ctx, &c.sups)
+	return sup.Start(ctx, &c.sups) // ctx, or Close, aborts a hanging start
 }
 
 // endpoint returns the SOCKS address of the method serving hop i of ch.

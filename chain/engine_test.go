@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ptcombiner/ptcombiner/extorport"
+	"github.com/ptcombiner/ptcombiner/internal/procstat"
 	"github.com/ptcombiner/ptcombiner/metadata"
 	"github.com/ptcombiner/ptcombiner/shim"
 )
@@ -74,8 +75,29 @@ type echoTor struct {
 
 func startEchoTor(t *testing.T) *echoTor {
 	t.Helper()
-	e := &echoTor{cookiePath: t.TempDir() + "/cookie"}
-	cookie, err := extorport.WriteCookieFile(e.cookiePath)
+	e := &echoTor{}
+	e.addr, e.cookiePath = serveTor(t, func(c net.Conn, cookie []byte) {
+		meta, err := extorport.ServerHandshake(c, extorport.ServerConfig{Cookie: cookie})
+		if err != nil {
+			return
+		}
+		e.mu.Lock()
+		e.metas = append(e.metas, meta)
+		e.mu.Unlock()
+		extorport.Okay(c)
+		io.Copy(c, c)
+	})
+	return e
+}
+
+// serveTor runs a stand-in for tor's Extended ORPort on loopback with a
+// fresh cookie file: serve handles each connection, in its own goroutine,
+// and the connection is closed after it. Listener and handlers end before
+// the test does.
+func serveTor(t *testing.T, serve func(c net.Conn, cookie []byte)) (addr, cookiePath string) {
+	t.Helper()
+	cookiePath = t.TempDir() + "/cookie"
+	cookie, err := extorport.WriteCookieFile(cookiePath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +105,6 @@ func startEchoTor(t *testing.T) *echoTor {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.addr = ln.Addr().String()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -97,20 +118,12 @@ func startEchoTor(t *testing.T) *echoTor {
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				meta, err := extorport.ServerHandshake(c, extorport.ServerConfig{Cookie: cookie})
-				if err != nil {
-					return
-				}
-				e.mu.Lock()
-				e.metas = append(e.metas, meta)
-				e.mu.Unlock()
-				extorport.Okay(c)
-				io.Copy(c, c)
+				serve(c, cookie)
 			}()
 		}
 	}()
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return e
+	return ln.Addr().String(), cookiePath
 }
 
 func testConfig(t *testing.T) *Config {
@@ -206,6 +219,9 @@ func TestEnginesEndToEnd(t *testing.T) {
 	if n := len(srv.Processes()); n != 6 {
 		t.Errorf("server runs %d children, want 6 (one per distinct key)", n)
 	}
+	// Each chain's public port is dialled once, by the client's outermost
+	// PT: that socket is the client tor must be told of.
+	var clients []netip.AddrPort
 	for _, name := range []string{"test", "t2", "t3"} {
 		p := pubs[name]
 		conn, err := cli.Dial(context.Background(), name, p.Addr.String(), p.Args)
@@ -213,6 +229,11 @@ func TestEnginesEndToEnd(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 		echoOnce(t, conn, 100000)
+		dialled := procstat.EstablishedTo(p.Addr.AddrPort())
+		if len(dialled) != 1 {
+			t.Fatalf("%s: %d connections to the public port %v, want the client's one: %v", name, len(dialled), p.Addr, dialled)
+		}
+		clients = append(clients, dialled[0])
 		conn.Close()
 	}
 	tor.mu.Lock()
@@ -225,8 +246,8 @@ func TestEnginesEndToEnd(t *testing.T) {
 		if metas[i].Transport != name {
 			t.Errorf("stream %d: TRANSPORT %q, want %q", i, metas[i].Transport, name)
 		}
-		if _, err := netip.ParseAddrPort(metas[i].UserAddr); err != nil {
-			t.Errorf("stream %d: USERADDR %q", i, metas[i].UserAddr)
+		if got, err := metas[i].AddrPort(); err != nil || got != clients[i] {
+			t.Errorf("stream %d: USERADDR %q, want the client's socket %v", i, metas[i].UserAddr, clients[i])
 		}
 	}
 	pids := append(cli.Processes(), srv.Processes()...)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,15 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultDialTimeout      = 10 * time.Second
 	DefaultStampWait        = 2 * time.Second
+	// DefaultArrivalTimeout exceeds the longest a PT holds a connection
+	// without reporting it on purpose: obfs4's server gives a client's
+	// handshake 30 s (serverHandshakeTimeout) and then, when the handshake
+	// failed, as a prober's does, reads on for a bridge-specific 0-59 s
+	// (closeDelay, below maxCloseDelay = 60) before it closes, 90 s in all
+	// (obfs4 transports/obfs4/obfs4.go; obfs3's handshake timeout is 30 s).
+	// A shorter bound would close probers' connections at a time of
+	// ptcombiner's own, which a censor could tell from obfs4's.
+	DefaultArrivalTimeout = 2 * time.Minute
 )
 
 // ServerOptions configure a Server. Zero values take the documented
@@ -46,10 +56,16 @@ type ServerOptions struct {
 	// StampWait bounds how long an Extended ORPort arrival waits for its
 	// stamp to be recorded (the child may be faster than our bookkeeping).
 	StampWait time.Duration
+	// ArrivalTimeout bounds how long a child may take, after ptcombiner
+	// dialled into it, to come back on its Extended ORPort with that
+	// connection (a client's handshake included); then the client's
+	// connection is closed and the hop is named in the log
+	// (DefaultArrivalTimeout).
+	ArrivalTimeout time.Duration
 	// MaxConns caps the client connections open at once; further ones are
 	// closed at once (0: no cap).
 	MaxConns   int
-	OnChildLog func(program, severity, message string)
+	OnChildLog func(program string, severity ptproc.Severity, message string)
 	// OnEvent, when set, hears when a child exits and is restarted.
 	OnEvent func(Event)
 }
@@ -106,6 +122,11 @@ type serverChild struct {
 	sup     *supervisor
 	err     error // why it could not start
 	warned  atomic.Bool
+
+	// stateDir is its TOR_PT_STATE_LOCATION, a name under the server's
+	// state directory; copyOf, when set, the directory it starts as a copy
+	// of (see stateDirs).
+	stateDir, copyOf string
 }
 
 // addr is where the child's method listens now (it moves when the child
@@ -152,6 +173,9 @@ func NewServer(opt ServerOptions) *Server {
 	if opt.StampWait <= 0 {
 		opt.StampWait = DefaultStampWait
 	}
+	if opt.ArrivalTimeout <= 0 {
+		opt.ArrivalTimeout = DefaultArrivalTimeout
+	}
 	log := opt.Logger
 	if log == nil {
 		log = slog.Default()
@@ -164,23 +188,143 @@ func sameArgs(a, b metadata.Args) bool {
 	return metadata.EncodeClientArgs(a) == metadata.EncodeClientArgs(b)
 }
 
-// childFor returns a child of plugin that serves method with opts, adding
-// one when every existing child serves method with other options.
-func (s *Server) childFor(plugin int, method string, opts metadata.Args) *serverChild {
-	for _, c := range s.children {
-		if c.plugin != plugin {
+// canServe reports whether a child with these options can serve method with
+// opts too: a PT takes one option set per method.
+func canServe(options map[string]metadata.Args, method string, opts metadata.Args) bool {
+	have, ok := options[method]
+	return !ok || sameArgs(have, opts)
+}
+
+// hopSlot is a slot with what its child needs: the program and the options
+// of the slot's method.
+type hopSlot struct {
+	slot
+	plugin int
+	opts   metadata.Args
+}
+
+// placeSlots gives every slot its child (see stateDirs): first the slots
+// that have a state directory from an earlier run, so that they get it
+// back, then the new ones.
+func (s *Server) placeSlots(dirs *stateDirs, slots []hopSlot) []*serverChild {
+	earlier := s.earlierDirs(dirs, slots)
+	order := make([]int, len(slots))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return earlier[order[a]] != "" && earlier[order[b]] == "" })
+	out := make([]*serverChild, len(slots))
+	for _, i := range order {
+		c := s.childFor(slots[i], earlier[i], dirs)
+		dirs.dirs[slots[i].slot] = c.stateDir
+		out[i] = c
+	}
+	return out
+}
+
+// earlierDirs returns each slot's state directory from an earlier run, or
+// "" for a new slot: the record's; for a slot the record lacks (no record
+// yet, an upgrade, a slot not started since), a directory that no slot of
+// the record claims and that is named after the slot, or else that the
+// naming before the record gave the slot.
+func (s *Server) earlierDirs(dirs *stateDirs, slots []hopSlot) []string {
+	out := make([]string, len(slots))
+	legacy := s.legacyDirs(slots)
+	for i, sl := range slots {
+		if d, ok := dirs.dirs[sl.slot]; ok {
+			out[i] = d
 			continue
 		}
-		if have, ok := c.options[method]; !ok || sameArgs(have, opts) {
-			c.options[method] = opts
+		for _, name := range []string{naturalDir(s.program(sl.plugin), sl.slot), legacy[i]} {
+			if !dirs.used(name) && exists(filepath.Join(s.opt.StateDir, name)) {
+				out[i] = name
+				break
+			}
+		}
+	}
+	return out
+}
+
+// legacyDirs names each slot's directory as versions before the record
+// did: children were made in the order of the slots (tor's order of the
+// transports, then the hops), a new one whenever no child of the program
+// could serve the slot's method with its options.
+func (s *Server) legacyDirs(slots []hopSlot) []string {
+	type oldChild struct {
+		plugin  int
+		options map[string]metadata.Args
+	}
+	var children []*oldChild
+	out := make([]string, len(slots))
+	for i, sl := range slots {
+		id := -1
+		for j, c := range children {
+			if c.plugin == sl.plugin && canServe(c.options, sl.Method, sl.opts) {
+				c.options[sl.Method] = sl.opts
+				id = j
+				break
+			}
+		}
+		if id < 0 {
+			id = len(children)
+			children = append(children, &oldChild{plugin: sl.plugin, options: map[string]metadata.Args{sl.Method: sl.opts}})
+		}
+		out[i] = legacyDir(s.program(sl.plugin), sl.plugin, id)
+	}
+	return out
+}
+
+func (s *Server) program(plugin int) string { return filepath.Base(s.opt.Config.Plugins[plugin].Path) }
+
+// childFor returns the child that serves sl. When sl has a state directory
+// from an earlier run (dir), only a child keeping its state there, or in a
+// copy of it, will do. A child serves one option set per method; when no
+// child fits, childFor adds one: in dir, or in a copy of dir when another
+// child holds it, or for a new slot in a new directory.
+func (s *Server) childFor(sl hopSlot, dir string, dirs *stateDirs) *serverChild {
+	for _, c := range s.children {
+		if c.plugin != sl.plugin || (dir != "" && c.stateDir != dir && c.copyOf != dir) {
+			continue
+		}
+		if canServe(c.options, sl.Method, sl.opts) {
+			c.options[sl.Method] = sl.opts
 			return c
 		}
 	}
-	p := s.opt.Config.Plugins[plugin]
-	c := &serverChild{id: len(s.children), plugin: plugin, path: p.Path, args: p.Args,
-		options: map[string]metadata.Args{method: opts}}
+	p := s.opt.Config.Plugins[sl.plugin]
+	c := &serverChild{id: len(s.children), plugin: sl.plugin, path: p.Path, args: p.Args,
+		options: map[string]metadata.Args{sl.Method: sl.opts}, stateDir: dir}
+	if dir == "" || s.holds(dir) {
+		c.stateDir, c.copyOf = s.newStateDir(sl, dirs), dir
+	}
 	s.children = append(s.children, c)
 	return c
+}
+
+// holds reports whether a child keeps its state in dir.
+func (s *Server) holds(dir string) bool {
+	for _, c := range s.children {
+		if c.stateDir == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// newStateDir names a directory for sl that no child, no slot of the
+// record and no file under the state directory has: naturalDir, else with
+// a suffix ".2", ".3", ...
+func (s *Server) newStateDir(sl hopSlot, dirs *stateDirs) string {
+	base := naturalDir(s.program(sl.plugin), sl.slot)
+	for n := 1; ; n++ {
+		name := base
+		if n > 1 {
+			name += "." + strconv.Itoa(n)
+		}
+		if !s.holds(name) && !dirs.used(name) && !exists(filepath.Join(s.opt.StateDir, name)) {
+			return name
+		}
+	}
 }
 
 // Start launches the children the binds need, in parallel, and opens each
@@ -200,12 +344,19 @@ func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
 		s.cookie = cookie
 	}
 
+	dirs, err := loadStateDirs(s.opt.StateDir)
+	if err != nil {
+		return nil, err
+	}
+
 	out := make([]Published, len(binds))
 	type plan struct {
 		chain  Chain
+		first  int // its first slot in slots
 		childs []*serverChild
 	}
 	plans := make([]*plan, len(binds))
+	var slots []hopSlot
 	s.mu.Lock()
 	for i, b := range binds {
 		out[i] = Published{Alias: b.Alias}
@@ -230,15 +381,22 @@ func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
 			out[i].Err = fmt.Errorf("ServerTransportOptions: %w", err)
 			continue
 		}
-		p := &plan{chain: ch}
+		plans[i] = &plan{chain: ch, first: len(slots)}
 		for pos, m := range ch.Hops {
-			idx := s.pluginIndex(m)
-			p.childs = append(p.childs, s.childFor(idx, m, perHop[pos]))
+			slots = append(slots, hopSlot{slot: slot{Alias: b.Alias, Hop: pos, Method: m}, plugin: s.pluginIndex(m), opts: perHop[pos]})
 		}
-		plans[i] = p
+	}
+	placed := s.placeSlots(dirs, slots)
+	for _, p := range plans {
+		if p != nil {
+			p.childs = placed[p.first : p.first+len(p.chain.Hops)]
+		}
 	}
 	children := append([]*serverChild(nil), s.children...)
 	s.mu.Unlock()
+	if err := s.prepareStateDirs(children, dirs); err != nil {
+		return nil, err
+	}
 
 	var wg sync.WaitGroup
 	for _, c := range children {
@@ -297,6 +455,24 @@ func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
 	return out, nil
 }
 
+// prepareStateDirs makes the copies new children start from and records
+// every slot's directory, before any child runs: a child that fails to
+// start may already have written keys there.
+func (s *Server) prepareStateDirs(children []*serverChild, dirs *stateDirs) error {
+	for _, c := range children {
+		if c.copyOf == "" || c.sup != nil || c.err != nil || exists(filepath.Join(s.opt.StateDir, c.stateDir)) {
+			continue
+		}
+		if err := copyStateDir(filepath.Join(s.opt.StateDir, c.copyOf), filepath.Join(s.opt.StateDir, c.stateDir)); err != nil {
+			c.err = err
+			continue
+		}
+		s.log.Info("a chain position's options now differ from those it shared a PT with: its new PT starts from a copy of their state, so it keeps its keys",
+			"program", c.path, "from", c.copyOf, "to", c.stateDir)
+	}
+	return dirs.save()
+}
+
 func (s *Server) pluginIndex(method string) int {
 	for i, p := range s.opt.Config.Plugins {
 		for _, m := range p.Methods {
@@ -347,7 +523,7 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 		Args:           c.args,
 		Role:           ptproc.Server,
 		Methods:        methods,
-		StateDir:       filepath.Join(s.opt.StateDir, name+"-"+strconv.Itoa(c.plugin)+"-"+strconv.Itoa(c.id)),
+		StateDir:       filepath.Join(s.opt.StateDir, c.stateDir),
 		Options:        opts,
 		ORPort:         or.Addr().String(),
 		ExtORPort:      ext.Addr().String(),
@@ -356,13 +532,14 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 		Logger:         s.log,
 	}
 	if s.opt.OnChildLog != nil {
-		spec.OnLog = func(sev, msg string) { s.opt.OnChildLog(name, sev, msg) }
+		spec.OnLog = func(sev ptproc.Severity, msg string) { s.opt.OnChildLog(name, sev, msg) }
 	}
 	sup := &supervisor{
 		name: c.path,
+		life: s.ctx, // the child lives as long as the server
 		log:  s.log,
-		start: func(context.Context) (*ptproc.Process, error) {
-			p, err := ptproc.Start(s.ctx, spec) // the child lives as long as the server
+		start: func(ctx context.Context) (*ptproc.Process, error) {
+			p, err := ptproc.Start(ctx, spec)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", c.path, err)
 			}
@@ -371,13 +548,17 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 		},
 		onEvent: s.opt.OnEvent,
 	}
-	if _, err := sup.Start(s.ctx, &s.sups); err != nil {
-		return err
-	}
+	// Known to Close before it starts, so that Close stops it; and never
+	// set once Close has begun, which reads c.sup without the lock.
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errors.New("server is closed")
+	}
 	c.sup = sup
 	s.mu.Unlock()
-	return nil
+	_, err = sup.Start(ctx, &s.sups) // ctx, or Close, aborts a hanging start
+	return err
 }
 
 // serve runs an accept loop on ln, each connection in its own goroutine,
@@ -425,6 +606,8 @@ type serverConn struct {
 	id     uint64
 	chain  *serverChain
 	client string // the real client's ip:port, as tor must learn it
+
+	public *net.TCPConn // the client's connection, closed when a hop never reports
 }
 
 // handlePublic takes a client's connection on a chain's public listener and
@@ -443,7 +626,7 @@ func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
 	}
 	s.active.Add(1)
 	defer s.active.Done()
-	c := &serverConn{id: s.nextID.Add(1), chain: sc, client: conn.RemoteAddr().String()}
+	c := &serverConn{id: s.nextID.Add(1), chain: sc, client: conn.RemoteAddr().String(), public: conn}
 	s.forward(c, len(sc.hops)-1, conn, nil)
 }
 
@@ -489,6 +672,8 @@ func (s *Server) forward(c *serverConn, pos int, up *net.TCPConn, ready func() e
 		return
 	}
 	defer s.stamps.Drop(st)
+	arrival := time.AfterFunc(s.opt.ArrivalTimeout, func() { s.neverArrived(c, pos, st, up, down) })
+	defer arrival.Stop()
 	if ready != nil {
 		if err := ready(); err != nil {
 			up.Close()
@@ -497,6 +682,23 @@ func (s *Server) forward(c *serverConn, pos int, up *net.TCPConn, ready func() e
 		}
 	}
 	shim.Pipe(s.ctx, up, down)
+}
+
+// neverArrived ends a chain connection whose dial into position pos's child
+// the child did not report on its Extended ORPort within ArrivalTimeout
+// (it froze, or hangs in a handshake longer than any PT should), unless the
+// report came meanwhile.
+func (s *Server) neverArrived(c *serverConn, pos int, st stamp, up, down *net.TCPConn) {
+	if !s.stamps.Expire(st, hopLink{conn: c, pos: pos}) {
+		return
+	}
+	hop := c.chain.hops[pos]
+	s.log.Warn("a hop's server never reported a connection on its Extended ORPort: closing the client's connection",
+		"chain", c.chain.alias, "hop", pos, "method", hop.method, "child", hop.child.name(), "pid", hop.child.sup.Pid(),
+		"waited", s.opt.ArrivalTimeout)
+	up.Close()
+	down.Close()
+	c.public.Close()
 }
 
 // handleExt takes a child's connection on its Extended ORPort: it checks the
@@ -544,7 +746,11 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 	}
 	tor, err := s.dialTor(c)
 	if err != nil {
-		s.log.Warn("cannot reach tor (or the --forward service)", "chain", c.chain.alias, "err", err)
+		msg := "cannot reach tor (or the --forward service)"
+		if errors.As(err, new(*extorport.CookieFileError)) { // tor may rewrite it at any time
+			msg = torCookieInvalid + ": closing the client's connection"
+		}
+		s.log.Warn(msg, "chain", c.chain.alias, "err", err)
 		extorport.Deny(conn)
 		conn.Close()
 		return
@@ -555,6 +761,20 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 		return
 	}
 	shim.Pipe(s.ctx, conn, tor)
+}
+
+// torCookieInvalid heads every report of a TOR_PT_AUTH_COOKIE_FILE that
+// cannot be used.
+const torCookieInvalid = "tor's Extended ORPort cookie is invalid"
+
+// CheckTorCookie reads tor's Extended ORPort cookie file (TOR_PT_AUTH_COOKIE_FILE)
+// as every connection to tor will, so that a bad one can be reported at start
+// rather than at each client's connection (where it is checked again).
+func CheckTorCookie(path string) error {
+	if _, err := extorport.ReadCookieFile(path); err != nil {
+		return fmt.Errorf("%s: %w", torCookieInvalid, err)
+	}
+	return nil
 }
 
 // dialTor opens the finished stream towards tor: its Extended ORPort with

@@ -67,9 +67,31 @@ func (b *stampBook) Drop(st stamp) {
 	delete(b.entries, st)
 }
 
+// Expire forgets st if it still waits for its child and leads to l (not
+// to a later connection that got the same stamp), and reports whether it
+// did; a Take that comes afterwards finds nothing.
+func (b *stampBook) Expire(st stamp, l hopLink) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if have, ok := b.entries[st]; ok && have == l {
+		delete(b.entries, st)
+		return true
+	}
+	return false
+}
+
+// wrongMatcher is nil in the products; nothing but a _test.go file sets it.
+// The attribution tests set it, before they start a Server, to a matcher
+// that is wrong on purpose (by arrival order, as the historical combiner
+// matched), to show that they would catch one.
+var wrongMatcher func(b *stampBook, st stamp, wait time.Duration) (hopLink, bool)
+
 // Take removes and returns the link for st, waiting up to wait for it to be
 // recorded. A stamp is taken at most once.
 func (b *stampBook) Take(st stamp, wait time.Duration) (hopLink, bool) {
+	if wrongMatcher != nil {
+		return wrongMatcher(b, st, wait)
+	}
 	b.mu.Lock()
 	if l, ok := b.entries[st]; ok {
 		delete(b.entries, st)

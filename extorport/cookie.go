@@ -3,8 +3,10 @@ package extorport
 import (
 	"crypto/rand"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -68,19 +70,39 @@ func writeCookieTo(f *os.File, cookie []byte) error {
 	return nil
 }
 
+// CookieFileError is ReadCookieFile's error: the cookie file at Path could
+// not be read (Err wraps the os error) or is no cookie file (Err wraps
+// ErrBadCookie). Find it with errors.As to tell a bad cookie file apart
+// from a peer's failure.
+type CookieFileError struct {
+	Path string
+	Err  error
+}
+
+func (e *CookieFileError) Error() string {
+	return fmt.Sprintf("extorport: cookie file %q: %v", e.Path, e.Err)
+}
+
+func (e *CookieFileError) Unwrap() error { return e.Err }
+
 // ReadCookieFile reads a cookie file and returns its 32-byte cookie. The file
 // must be exactly 64 bytes and start with CookieHeader. ext-orport-spec 2.1.2:
 // "Extended ORPort clients MUST make sure that the StaticHeader is present in
 // the cookie file, before proceeding with the authentication protocol."
+// Every error is a *CookieFileError.
 func ReadCookieFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("extorport: reading cookie file: %w", err)
+		var pe *fs.PathError
+		if errors.As(err, &pe) { // the path is said once, by CookieFileError
+			err = fmt.Errorf("%s: %w", pe.Op, pe.Err)
+		}
+		return nil, &CookieFileError{Path: path, Err: err}
 	}
 	defer f.Close() // read-only: a Close error cannot lose data
 	cookie, err := parseCookieFile(f)
 	if err != nil {
-		return nil, fmt.Errorf("extorport: cookie file %q: %w", path, err)
+		return nil, &CookieFileError{Path: path, Err: err}
 	}
 	return cookie, nil
 }

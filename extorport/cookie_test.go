@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -91,5 +92,24 @@ func TestReadCookieFile(t *testing.T) {
 	}
 	if _, err := ReadCookieFile(filepath.Join(t.TempDir(), "none")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: error = %v, want ErrNotExist", err)
+	}
+}
+
+// Every way a cookie file can be unusable comes as a *CookieFileError naming
+// the file, so that callers can say "the cookie is invalid" rather than
+// blame the peer, and the cause still matches with errors.Is.
+func TestReadCookieFileErrorType(t *testing.T) {
+	dir := t.TempDir()
+	short := filepath.Join(dir, "short")
+	os.WriteFile(short, []byte(CookieHeader+"x"), 0o600)
+	for path, cause := range map[string]error{short: ErrBadCookie, filepath.Join(dir, "none"): os.ErrNotExist} {
+		_, err := ReadCookieFile(path)
+		var cf *CookieFileError
+		if !errors.As(err, &cf) || cf.Path != path || !errors.Is(err, cause) {
+			t.Errorf("ReadCookieFile(%s) = %v, want a *CookieFileError for that path wrapping %v", path, err, cause)
+		}
+		if strings.Count(err.Error(), path) != 1 {
+			t.Errorf("%q names the path other than once", err)
+		}
 	}
 }

@@ -99,7 +99,7 @@ type Spec struct {
 	Logger *slog.Logger
 	// OnLog, when set, is called with every LOG line's severity and
 	// message, already sanitised, so the caller can relay it to tor.
-	OnLog func(severity, message string)
+	OnLog func(severity Severity, message string)
 	// OnStatus, when set, is called with every STATUS line's arguments,
 	// sanitised. Callbacks run on the stdout reader: a slow callback
 	// delays the reading of the child's stdout, and one that calls Close

@@ -89,7 +89,7 @@ func FuzzParseLog(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !logSeverities[sev] {
+		if _, ok := severityLevels[sev]; !ok {
 			t.Fatalf("%q: severity %q", s, sev)
 		}
 		checkPrintable(t, strings.ReplaceAll(Sanitize(msg), "\n", "?"))

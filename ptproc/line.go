@@ -3,6 +3,7 @@ package ptproc
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -206,9 +207,29 @@ func ParseSmethod(l Line) (Smethod, error) {
 	return m, nil
 }
 
-// Severities of a LOG line. pt-spec.txt 3.3.4: "<Severity> ::= 'error' |
-// 'warning' | 'notice' | 'info' | 'debug'".
-var logSeverities = map[string]bool{"error": true, "warning": true, "notice": true, "info": true, "debug": true}
+// Severity is the severity of a child's LOG line: one of the five constants
+// below, the only values [ParseLog] returns. pt-spec.txt 3.3.4:
+// "<Severity> ::= 'error' | 'warning' | 'notice' | 'info' | 'debug'".
+type Severity string
+
+// The severities of pt-spec.txt 3.3.4, spelt as on the wire.
+const (
+	SeverityError   Severity = "error"
+	SeverityWarning Severity = "warning"
+	SeverityNotice  Severity = "notice"
+	SeverityInfo    Severity = "info"
+	SeverityDebug   Severity = "debug"
+)
+
+// severityLevels maps every Severity onto the slog level its lines are
+// logged at; a severity missing here is not one.
+var severityLevels = map[Severity]slog.Level{
+	SeverityError:   slog.LevelError,
+	SeverityWarning: slog.LevelWarn,
+	SeverityNotice:  slog.LevelInfo,
+	SeverityInfo:    slog.LevelInfo - 2,
+	SeverityDebug:   slog.LevelDebug,
+}
 
 // ParseLog parses a LOG line. pt-spec.txt 3.3.4:
 // "LOG SEVERITY=<Severity> MESSAGE=<Message>", where "<Message> contains the
@@ -218,7 +239,7 @@ var logSeverities = map[string]bool{"error": true, "warning": true, "notice": tr
 // MESSAGE runs to the end of the line, so a sloppy "MESSAGE=two words" is
 // kept whole. The message is returned decoded but NOT sanitised: pass it
 // through [Sanitize] before relaying it.
-func ParseLog(l Line) (severity, message string, err error) {
+func ParseLog(l Line) (severity Severity, message string, err error) {
 	if l.Keyword != kwLog {
 		return "", "", fmt.Errorf("%w: keyword %q is not %s", ErrSyntax, l.Keyword, kwLog)
 	}
@@ -227,6 +248,7 @@ func ParseLog(l Line) (severity, message string, err error) {
 		s = strings.Join(l.Args, " ")
 	}
 	var haveSev, haveMsg bool
+	var sevText string
 	for {
 		s = strings.TrimLeft(s, " \t\r\v\f")
 		if s == "" {
@@ -263,7 +285,7 @@ func ParseLog(l Line) (severity, message string, err error) {
 			if haveSev {
 				return "", "", fmt.Errorf("%w: LOG: SEVERITY given twice", ErrSyntax)
 			}
-			haveSev, severity = true, value
+			haveSev, sevText = true, value
 		case "MESSAGE":
 			if haveMsg {
 				return "", "", fmt.Errorf("%w: LOG: MESSAGE given twice", ErrSyntax)
@@ -274,10 +296,10 @@ func ParseLog(l Line) (severity, message string, err error) {
 	if !haveSev || !haveMsg {
 		return "", "", fmt.Errorf("%w: LOG needs both SEVERITY= and MESSAGE=", ErrSyntax)
 	}
-	if !logSeverities[severity] {
-		return "", "", fmt.Errorf("%w: LOG: unknown severity %q", ErrSyntax, truncate(severity, 32))
+	if _, ok := severityLevels[Severity(sevText)]; !ok {
+		return "", "", fmt.Errorf("%w: LOG: unknown severity %q", ErrSyntax, truncate(sevText, 32))
 	}
-	return severity, message, nil
+	return Severity(sevText), message, nil
 }
 
 // unquoteCString decodes the quoted string at the start of s and returns it

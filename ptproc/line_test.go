@@ -125,8 +125,10 @@ func TestParseSmethod(t *testing.T) {
 
 func TestParseLog(t *testing.T) {
 	tests := []struct {
-		in, sev, msg string
-		wantErr      bool
+		in      string
+		sev     Severity
+		msg     string
+		wantErr bool
 	}{
 		{in: `LOG SEVERITY=notice MESSAGE="hello"`, sev: "notice", msg: "hello"},
 		{in: `LOG MESSAGE="a b\tc\n\r\\\"\'" SEVERITY=debug`, sev: "debug", msg: "a b\tc\n\r\\\"'"},

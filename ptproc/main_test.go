@@ -137,9 +137,66 @@ func helper(mode string) int {
 		say("STATUS END")
 		waitStdin()
 		say("STATUS STDIN=EOF")
+	case "order-exit", "order-stay", "order-hang":
+		return orderHelper(mode)
+	case "panic":
+		say("VERSION 1", "CMETHOD a socks5 127.0.0.1:1", "CMETHODS DONE")
+		for i := range 30 {
+			fmt.Fprintf(os.Stderr, "noise before the crash %d\n", i)
+		}
+		fmt.Fprint(os.Stderr, panicReport)
+		for i := range 15 { // a deep stack: the cause scrolls out of the tail
+			fmt.Fprintf(os.Stderr, "main.deep%d(...)\n\t/build/obfs4proxy/deep.go:%d +0x1\n", i, i)
+		}
+		return 2
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper mode", mode)
 		return 2
 	}
 	return 0
+}
+
+// panicReport imitates what obfs4proxy 0.0.14 prints when it panics under
+// iat-mode=2: the cause first, then a stack longer than what StartError
+// quotes.
+const panicReport = `panic: BUG: Write(), iat length was 0
+
+goroutine 42 [running]:
+gitlab.com/yawning/obfs4.git/transports/obfs4.(*obfs4Conn).Write(0xc000123456, {0xc000200000, 0x5a8, 0x8000})
+	/build/obfs4proxy/transports/obfs4/obfs4.go:590 +0x5c5
+io.copyBuffer({0x7f0c, 0xc000123456}, {0x7f0d, 0xc000654321}, {0x0, 0x0, 0x0})
+	/usr/lib/go/src/io/io.go:432 +0x1d5
+main.copyLoop.func1()
+	/build/obfs4proxy/obfs4proxy/obfs4proxy.go:297 +0x7a
+created by main.copyLoop in goroutine 41
+	/build/obfs4proxy/obfs4proxy/obfs4proxy.go:295 +0x123
+`
+
+// orderHelper reports, as STATUS lines in the order it sees them, its
+// stdin's EOF ("EOF") and SIGTERM ("SIGTERM <unix ns>"), and exits 0 on
+// SIGTERM. order-exit exits on EOF too; order-stay does not; order-hang
+// never finishes configuring ("STATUS HANG" says it waits).
+func orderHelper(mode string) int {
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	if mode == "order-hang" {
+		say("VERSION 1", "STATUS HANG")
+	} else {
+		say("VERSION 1", "CMETHOD a socks5 127.0.0.1:1", "CMETHODS DONE")
+	}
+	eof := make(chan struct{})
+	go func() { waitStdin(); close(eof) }()
+	for {
+		select {
+		case <-eof:
+			say("STATUS EOF")
+			if mode != "order-stay" {
+				return 0
+			}
+			eof = nil
+		case <-term:
+			say(fmt.Sprintf("STATUS SIGTERM %d", time.Now().UnixNano()))
+			return 0
+		}
+	}
 }

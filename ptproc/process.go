@@ -73,7 +73,7 @@ type Process struct {
 	log   *slog.Logger
 	grace time.Duration
 
-	onLog    func(severity, message string)
+	onLog    func(severity Severity, message string)
 	onStatus func(args string)
 
 	cmd    *exec.Cmd
@@ -87,6 +87,7 @@ type Process struct {
 	smethods   map[string]Smethod
 	methodErrs map[string]string
 	tail       []string
+	crash      []string // the Go runtime's crash report, first lines
 
 	started    chan error    // the stdout reader's one verdict on configuration
 	stdoutDone chan struct{} // closed when the stdout reader returns
@@ -100,10 +101,12 @@ type Process struct {
 }
 
 // Start launches the child described by s, as tor would, and waits until it
-// has finished configuring (*METHODS DONE) or failed. ctx governs the whole
-// life of the child, not only the start: when it is done the child gets
-// SIGTERM, then SIGKILL after StopGrace. On any error the child has been
-// ended and every goroutine has returned before Start returns.
+// has finished configuring (*METHODS DONE) or failed. ctx bounds the start
+// only, as net.Dialer.DialContext's does the dial: when it is done before
+// *METHODS DONE, Start stops waiting, whatever s.StartTimeout, ends the
+// child as Close does and returns ctx's cause; once Start has returned, ctx
+// has no effect and the child runs until [Process.Close]. On any error the
+// child has been ended and every goroutine has returned before Start returns.
 func Start(ctx context.Context, s Spec) (*Process, error) {
 	name := s.Name
 	if name == "" {
@@ -111,6 +114,9 @@ func Start(ctx context.Context, s Spec) (*Process, error) {
 	}
 	if err := s.validate(); err != nil {
 		return nil, fmt.Errorf("ptproc: %s: %w", name, err)
+	}
+	if ctx.Err() != nil { // no child to launch only to end it
+		return nil, fmt.Errorf("ptproc: %s: start cancelled: %w", name, context.Cause(ctx))
 	}
 	// A2: the state location "may not exist"; we create it so that each
 	// child has its own, private, directory.
@@ -160,14 +166,14 @@ func Start(ctx context.Context, s Spec) (*Process, error) {
 		return nil, fmt.Errorf("ptproc: %s: stderr pipe: %w", name, err)
 	}
 
-	cmd := exec.CommandContext(ctx, s.Path, s.Args...)
+	// Not exec.CommandContext: its Cancel would signal the child at the
+	// moment ctx ends, before its stdin is closed; every end goes through
+	// stop, in A22's order.
+	cmd := exec.Command(s.Path, s.Args...)
 	cmd.Env = BuildEnv(os.Environ(), s)
 	// A3 and STYLE "Avoid": stdin is a pipe we hold open, never /dev/null.
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, stdoutW, stderrW
 	cmd.SysProcAttr = sysProcAttr()
-	// On ctx cancellation: SIGTERM first, SIGKILL WaitDelay later (A22).
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = grace
 	if err := startLocked(cmd); err != nil {
 		closeAll()
 		return nil, fmt.Errorf("ptproc: %s: start %s: %w", name, s.Path, err)
@@ -510,15 +516,6 @@ func (p *Process) malformedMethod(l Line, err error) {
 	p.log.Warn("malformed method line ignored", "keyword", l.Keyword, "err", msg)
 }
 
-// logLevels maps LOG severities onto slog levels.
-var logLevels = map[string]slog.Level{
-	"error":   slog.LevelError,
-	"warning": slog.LevelWarn,
-	"notice":  slog.LevelInfo,
-	"info":    slog.LevelInfo - 2,
-	"debug":   slog.LevelDebug,
-}
-
 // handleLog logs a LOG line at its severity and passes it to OnLog.
 func (p *Process) handleLog(l Line) {
 	sev, msg, err := ParseLog(l)
@@ -527,7 +524,7 @@ func (p *Process) handleLog(l Line) {
 		return
 	}
 	msg = Sanitize(msg)
-	p.log.Log(context.Background(), logLevels[sev], msg, "source", "LOG", "severity", sev)
+	p.log.Log(context.Background(), severityLevels[sev], msg, "source", "LOG", "severity", string(sev))
 	if p.onLog != nil {
 		p.onLog(sev, msg)
 	}
@@ -544,18 +541,61 @@ func (p *Process) readStderr() {
 		if len(raw) > 0 {
 			line := Sanitize(strings.TrimRight(string(raw), "\r\n"))
 			p.log.Debug("stderr", "line", line)
-			p.mu.Lock()
-			if len(p.tail) == tailLines {
-				copy(p.tail, p.tail[1:])
-				p.tail = p.tail[:tailLines-1]
-			}
-			p.tail = append(p.tail, line)
-			p.mu.Unlock()
+			p.keepStderr(line)
 		}
 		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
 			return
 		}
 	}
+}
+
+// keepStderr adds line to the tail, and to the crash report when it starts
+// one or continues it.
+func (p *Process) keepStderr(line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.tail) == tailLines {
+		copy(p.tail, p.tail[1:])
+		p.tail = p.tail[:tailLines-1]
+	}
+	p.tail = append(p.tail, line)
+	switch {
+	case isCrashLine(line):
+		p.crash = []string{line}
+	case len(p.crash) > 0 && len(p.crash) < quoteLines && strings.TrimSpace(line) != "":
+		p.crash = append(p.crash, line)
+	}
+}
+
+// isCrashLine reports the first line of the Go runtime's report of a crash
+// ("panic: ...", "fatal error: ..."), which comes before a goroutine's
+// stack: the stack alone would push the cause out of the last lines.
+func isCrashLine(line string) bool {
+	return strings.HasPrefix(line, "panic: ") || strings.HasPrefix(line, "fatal error: ")
+}
+
+// LastWords returns the child's stderr lines that say best why it ended,
+// sanitised, at most 5: from the last Go panic or fatal error line on, when
+// the child printed one, else its last non-blank lines.
+func (p *Process) LastWords() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.crash) > 0 {
+		return slices.Clone(p.crash)
+	}
+	return lastWords(p.tail)
+}
+
+// lastWords returns the last quoteLines non-blank lines of tail.
+func lastWords(tail []string) []string {
+	var out []string
+	for i := len(tail) - 1; i >= 0 && len(out) < quoteLines; i-- {
+		if strings.TrimSpace(tail[i]) != "" {
+			out = append(out, tail[i])
+		}
+	}
+	slices.Reverse(out)
+	return out
 }
 
 // Methods returns the client methods the child offered (client role).
@@ -650,17 +690,21 @@ func (p *Process) Close() error {
 	return p.closeErr
 }
 
+// stop is the one way this package ends a child (Close, and a start that
+// failed or was cancelled), so that SIGTERM never comes with stdin's EOF.
 func (p *Process) stop() error {
 	p.stdin.Close() // A3: "stdin EOF = graceful exit"
 	if p.waitExited() {
 		return nil
 	}
+	p.log.Debug("child still runs after stdin close and the grace; SIGTERM", "grace", p.grace)
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		p.log.Warn("SIGTERM failed", "err", err)
 	}
 	if p.waitExited() {
 		return nil
 	}
+	p.log.Debug("child still runs after SIGTERM and the grace; SIGKILL", "grace", p.grace)
 	if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		p.log.Warn("SIGKILL failed", "err", err)
 	}

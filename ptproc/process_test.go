@@ -46,10 +46,10 @@ type recorder struct {
 	end    chan struct{} // closed on "STATUS END"
 }
 
-func (r *recorder) onLog(sev, msg string) {
+func (r *recorder) onLog(sev Severity, msg string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.logs = append(r.logs, sev+": "+msg)
+	r.logs = append(r.logs, string(sev)+": "+msg)
 }
 
 func (r *recorder) onStatus(args string) {
@@ -397,24 +397,27 @@ func TestCloseKillsStubborn(t *testing.T) {
 	assertGone(t, p.Pid())
 }
 
-func TestContextCancelEndsChild(t *testing.T) {
+// Start's ctx bounds the start only: cancelled once the child is up, it
+// sends no signal, and the child ends on Close, by stdin EOF (the fake
+// client says so and exits 0; SIGTERM would have killed it).
+func TestContextAfterStartIsIgnored(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	// ctx cancellation sends SIGTERM through cmd.Cancel; the fake client,
-	// which exits only on stdin EOF, dies of it.
-	s, _, _ := fakeSpec(t, "client", Client, "a")
+	s, _, rec := fakeSpec(t, "client", Client, "a")
 	ctx, cancel := context.WithCancel(context.Background())
 	p, err := Start(ctx, s)
+	cancel()
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
-	cancel()
-	<-p.Done()
-	var ee *exec.ExitError
-	if err := p.ExitErr(); !errors.As(err, &ee) {
-		t.Errorf("ExitErr = %v, want an exit by SIGTERM", err)
+	if err := p.Close(); err != nil {
+		t.Errorf("Close = %v", err)
 	}
-	p.Close()
+	if err := p.ExitErr(); err != nil {
+		t.Errorf("ExitErr = %v, want exit status 0 (stdin EOF, no signal)", err)
+	}
+	if _, status := rec.snapshot(); !slices.Contains(status, "STDIN=EOF") {
+		t.Errorf("the child never saw stdin EOF: STATUS lines %q", status)
+	}
 	assertGone(t, p.Pid())
 }
 

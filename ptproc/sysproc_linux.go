@@ -11,8 +11,7 @@ import "syscall"
 // calling goroutine for the duration of cmd.Start, so the fork does not
 // migrate mid-start; Go only ends an OS thread when a goroutine exits while
 // locked to it, which this package never does, so in practice the thread
-// lives as long as the process. Close and ctx cancellation are the real
-// mechanisms.
+// lives as long as the process. Close is the real mechanism.
 func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 }

@@ -4,6 +4,6 @@ package ptproc
 
 import "syscall"
 
-// sysProcAttr has no parent-death signal outside Linux; Close and ctx
-// cancellation end the child.
+// sysProcAttr has no parent-death signal outside Linux; Close ends the
+// child.
 func sysProcAttr() *syscall.SysProcAttr { return nil }

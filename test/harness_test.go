@@ -278,10 +278,10 @@ type logSink struct {
 	lines []string
 }
 
-func (l *logSink) add(severity, message string) {
+func (l *logSink) add(severity ptproc.Severity, message string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.lines = append(l.lines, severity+": "+message)
+	l.lines = append(l.lines, string(severity)+": "+message)
 }
 
 // waitFor waits up to d for a LOG line containing every one of parts.

@@ -98,14 +98,7 @@ func run(c *cli.Context) error {
 	})
 	defer client.Close()
 
-	startCtx, cancelStart := context.WithCancel(context.Background())
-	go func() {
-		select {
-		case <-monitor.Exit():
-			cancelStart()
-		case <-startCtx.Done():
-		}
-	}()
+	startCtx, cancelStart := monitor.ExitContext()
 	results := client.Start(startCtx, names)
 	cancelStart()
 	if proxyURL != "" {

@@ -88,7 +88,10 @@ func runStandalone(c *cli.Context) error {
 	})
 	defer client.Close()
 	var errs []error
-	for name, err := range client.Start(context.Background(), order) {
+	startCtx, cancelStart := monitor.ExitContext()
+	started := client.Start(startCtx, order)
+	cancelStart()
+	for name, err := range started {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("chain %s: %w", name, err))
 		}

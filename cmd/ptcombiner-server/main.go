@@ -70,6 +70,15 @@ func run(c *cli.Context) error {
 	if err != nil {
 		return runner.Fail("", "ptcombiner-server: "+err.Error())
 	}
+	if info.ExtendedOrAddr != nil {
+		// Every chain hands its streams to tor's Extended ORPort, so a
+		// cookie file that cannot be used fails them all: an ENV-ERROR now
+		// rather than a failure at each client's connection. Tor writes the
+		// file before it starts its PTs (init_ext_or_cookie_authentication).
+		if err := chain.CheckTorCookie(info.AuthCookiePath); err != nil {
+			return runner.Fail("ENV-ERROR", err.Error())
+		}
+	}
 	own, err := runner.ManagedStateDir()
 	if err != nil {
 		return err
@@ -109,14 +118,7 @@ func run(c *cli.Context) error {
 	for _, b := range info.Bindaddrs {
 		binds = append(binds, chain.Bind{Alias: b.MethodName, Addr: b.Addr, Options: b.Options})
 	}
-	startCtx, cancelStart := context.WithCancel(context.Background())
-	go func() {
-		select {
-		case <-monitor.Exit():
-			cancelStart()
-		case <-startCtx.Done():
-		}
-	}()
+	startCtx, cancelStart := monitor.ExitContext()
 	published, err := server.Start(startCtx, binds)
 	cancelStart()
 	if err != nil {

@@ -67,7 +67,9 @@ func runStandalone(c *cli.Context) error {
 		MaxConns:         c.Int("max-conns"),
 	})
 	defer server.Close()
-	published, err := server.Start(context.Background(), binds)
+	startCtx, cancelStart := monitor.ExitContext()
+	published, err := server.Start(startCtx, binds)
+	cancelStart()
 	if err != nil {
 		return err
 	}

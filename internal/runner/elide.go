@@ -4,27 +4,80 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/netip"
 	"regexp"
+	"strings"
 )
 
-// addrPattern finds IPv4 and bracketed IPv6 addresses with optional ports.
-var addrPattern = regexp.MustCompile(`\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b|\[[0-9a-fA-F:.]+\](?::\d+)?`)
+// addrPattern finds IPv4 addresses (group 1) and bracketed IPv6 addresses
+// (group 2), with optional ports, and candidates for unbracketed IPv6
+// addresses with an optional zone (group 3): runs of hex digits, dots and at
+// least two colons, which ElideAddrs checks with netip (times such as
+// 12:34:56 and MAC addresses are not addresses and stay).
+var addrPattern = regexp.MustCompile(`(\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b)` +
+	`|(\[[0-9a-fA-F:.]+(?:%[0-9A-Za-z_.-]+)?\](?::\d+)?)` +
+	`|([0-9a-fA-F]*:[0-9a-fA-F.]*:[0-9a-fA-F:.]*(?:%[0-9A-Za-z_.-]+)?)`)
 
 // ElideAddrs replaces every non-loopback IP address in s by "[scrubbed]",
 // as tor does with SafeLogging (lyrebird's ElideAddr): a log must not name a
 // user or a bridge unless the operator asks for it (--unsafe-logging).
 // Loopback addresses are the combiner's own plumbing and stay.
 func ElideAddrs(s string) string {
-	return addrPattern.ReplaceAllStringFunc(s, func(a string) string {
-		host := a
-		if h, _, err := net.SplitHostPort(a); err == nil {
-			host = h
+	var b strings.Builder
+	last := 0
+	for _, m := range addrPattern.FindAllStringSubmatchIndex(s, -1) {
+		start, end, scrub := m[0], m[1], false
+		if m[6] >= 0 {
+			end, scrub = bareIPv6(s, start, end)
+		} else {
+			scrub = !isLoopback(s[start:end])
 		}
-		if ip := net.ParseIP(trimBrackets(host)); ip != nil && ip.IsLoopback() {
-			return a
+		if scrub {
+			b.WriteString(s[last:start])
+			b.WriteString("[scrubbed]")
+			last = end
 		}
-		return "[scrubbed]"
-	})
+	}
+	if last == 0 {
+		return s
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+// isLoopback reports an "ip", "ip:port" or "[ip]:port" that names loopback.
+func isLoopback(a string) bool {
+	host := a
+	if h, _, err := net.SplitHostPort(a); err == nil {
+		host = h
+	}
+	ip, err := netip.ParseAddr(trimBrackets(host))
+	return err == nil && ip.IsLoopback()
+}
+
+// bareIPv6 checks s[start:end], a candidate for an unbracketed IPv6
+// address: it is one when it stands alone (not inside a word, as in
+// std::string), holds a hex digit (a lone "::" is punctuation), and parses,
+// less a trailing '.' or ':' of the sentence around it. It returns the
+// address's end and whether to scrub it (false for loopback).
+func bareIPv6(s string, start, end int) (int, bool) {
+	if start > 0 && isWordByte(s[start-1]) || end < len(s) && isWordByte(s[end]) {
+		return end, false
+	}
+	for ; end > start; end-- {
+		a := s[start:end]
+		if ip, err := netip.ParseAddr(a); err == nil {
+			return end, ip.Is6() && strings.ContainsAny(a, "0123456789abcdefABCDEF") && !ip.IsLoopback()
+		}
+		if c := s[end-1]; c != '.' && c != ':' {
+			break
+		}
+	}
+	return end, false
+}
+
+func isWordByte(c byte) bool {
+	return c == '_' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
 }
 
 func trimBrackets(s string) string {

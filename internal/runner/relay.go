@@ -13,18 +13,18 @@ import (
 // RelayChildLog passes a child's LOG line on to tor, as tor would have
 // logged it had it run the child itself, prefixed with the program's name
 // and sanitised (goptlib panics on non-ASCII).
-func RelayChildLog(program, severity, message string) {
+func RelayChildLog(program string, severity ptproc.Severity, message string) {
 	msg := ptproc.Sanitize(program + ": " + message)
 	switch severity {
-	case "error":
+	case ptproc.SeverityError:
 		pt.Log(pt.LogSeverityError, msg)
-	case "warning":
+	case ptproc.SeverityWarning:
 		pt.Log(pt.LogSeverityWarning, msg)
-	case "info":
+	case ptproc.SeverityInfo:
 		pt.Log(pt.LogSeverityInfo, msg)
-	case "debug":
+	case ptproc.SeverityDebug:
 		pt.Log(pt.LogSeverityDebug, msg)
-	default:
+	default: // ptproc.SeverityNotice
 		pt.Log(pt.LogSeverityNotice, msg)
 	}
 }
@@ -65,6 +65,9 @@ func ReportEvent(cfg *chain.Config, names []string, e chain.Event) {
 		}
 		if e.Err != nil {
 			line += " ERROR=" + statusValue(e.Err.Error())
+		}
+		if len(e.Stderr) > 0 { // scrubbed always: this line does not know --unsafe-logging
+			line += " STDERR=" + statusValue(ElideAddrs(strings.Join(e.Stderr, " | ")))
 		}
 		fmt.Fprintln(pt.Stdout, line)
 	}

@@ -220,6 +220,21 @@ func (m *Monitor) Drain() <-chan struct{} { return m.drain }
 // Exit is closed when the program must end now.
 func (m *Monitor) Exit() <-chan struct{} { return m.exit }
 
+// ExitContext returns a context cancelled by Exit or by cancel, for the
+// start of the PT programs: SIGTERM or stdin EOF then aborts a start that
+// hangs at once, without waiting for --start-timeout.
+func (m *Monitor) ExitContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-m.exit:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // Stop releases the monitor's signal handling.
 func (m *Monitor) Stop() { m.stop() }
 
@@ -323,10 +338,10 @@ func Fail(keyword, msg string) error {
 const failWait = 10 * time.Second
 
 // Run runs app, one of the two programs, with args and returns its exit
-// status. Under tor, stdout is the protocol channel: pt-spec 3.3, "The PT
-// proxy MUST communicate with its parent via its standard output", every
-// line a keyword tor parses (PROTOCOLS.md A8), and tor accepts ENV-ERROR
-// only before VERSION (A10). So when managed, urfave/cli's help and version
+// status. Under tor, stdout is the protocol channel: pt-spec 3.3, "All
+// Pluggable Transport Proxies communicate to the parent process via writing
+// NL-terminated lines to stdout", each "<Keyword> <OptArgs> <NL>"
+// (PROTOCOLS.md A8), and tor accepts ENV-ERROR only before VERSION (A10). So when managed, urfave/cli's help and version
 // texts go to stderr (app.Writer, which its HelpPrinter and VersionPrinter
 // write to), and a flag error, an unexpected argument or a bad value is
 // reported as "ENV-ERROR <reason>" and followed by FailBeforeDone's wait; so

@@ -1,0 +1,53 @@
+package procstat
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// EstablishedTo lists the local address of every established IPv4 TCP
+// connection of this network namespace whose remote end is remote: the
+// sockets that dialled it, as the listener saw them (from /proc/net/tcp).
+func EstablishedTo(remote netip.AddrPort) []netip.AddrPort {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return nil
+	}
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	var out []netip.AddrPort
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[3] != "01" { // st 01: TCP_ESTABLISHED
+			continue
+		}
+		local, lok := parseProcAddr(f[1])
+		rem, rok := parseProcAddr(f[2])
+		if lok && rok && rem == remote {
+			out = append(out, local)
+		}
+	}
+	return out
+}
+
+// parseProcAddr parses /proc/net/tcp's "0100007F:1F90": the IPv4 address
+// as the kernel's 32-bit word in host byte order, then the port, in hex.
+func parseProcAddr(s string) (netip.AddrPort, bool) {
+	h, p, ok := strings.Cut(s, ":")
+	if !ok || len(h) != 8 {
+		return netip.AddrPort{}, false
+	}
+	word, err := strconv.ParseUint(h, 16, 32)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	port, err := strconv.ParseUint(p, 16, 16)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	var ip [4]byte
+	binary.NativeEndian.PutUint32(ip[:], uint32(word))
+	return netip.AddrPortFrom(netip.AddrFrom4(ip), uint16(port)), true
+}
