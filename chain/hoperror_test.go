@@ -3,6 +3,7 @@ package chain
 import (
 	"context"
 	"errors"
+	"net"
 	"regexp"
 	"strings"
 	"testing"
@@ -197,5 +198,28 @@ func TestAddIndirectFlag(t *testing.T) {
 	}
 	if err := c.AddIndirectFlag("a-b"); err == nil {
 		t.Error("--indirect a-b accepted")
+	}
+}
+
+// On the bridge too an indirect PT's server can only be outermost: the chain
+// gets its SMETHOD-ERROR at start and no program runs for it.
+func TestServerIndirectPlacement(t *testing.T) {
+	cfg, err := Parse(strings.NewReader(
+		"ServerTransportPlugin snowflake,test exec "+testpt+"\n"+
+			"Alias sf snowflake|test\n"), "test config", ServerRole)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(ServerOptions{Config: cfg, StateDir: t.TempDir(), Logger: newLogger(&logBuf{}), TorORPort: "127.0.0.1:1"})
+	defer srv.Close()
+	pub, err := srv.Start(context.Background(), []Bind{{Alias: "sf", Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pub) != 1 || pub[0].Err == nil || !strings.Contains(pub[0].Err.Error(), `hop 0 "snowflake" is an indirect PT`) {
+		t.Fatalf("Start(sf) = %+v, want a refusal naming snowflake", pub)
+	}
+	if pids := srv.Processes(); len(pids) != 0 {
+		t.Errorf("a refused chain started programs: %v", pids)
 	}
 }

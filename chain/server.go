@@ -369,6 +369,12 @@ func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
 			out[i].Err = err
 			continue
 		}
+		// An indirect PT's server (meek-server, snowflake-server) faces its
+		// own front or proxies, so on the bridge too it can only be outermost.
+		if err := s.opt.Config.CheckPlacement(ch); err != nil {
+			out[i].Err = err
+			continue
+		}
 		opts := metadata.Args{}
 		for k, v := range s.opt.Config.ServerOptions[b.Alias] {
 			opts[k] = append(opts[k], v...)
