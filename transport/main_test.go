@@ -5,12 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,17 +23,15 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// big asks for the 64 MiB round trips too; -short skips them anyway.
-var big = flag.Bool("big", false, "also run the 64 MiB round trips")
-
 // testTimeout bounds every exchange of a test: generous, the machine is
 // shared, and only a hang should ever reach it.
 const testTimeout = 5 * time.Minute
 
-// sizes are the payload sizes of the round trips.
-func sizes(t testing.TB) []int {
+// sizes are the payload sizes of the round trips; -short leaves out the
+// largest.
+func sizes() []int {
 	s := []int{0, 1, 64 << 10, 1 << 20, 16 << 20}
-	if *big && !testing.Short() {
+	if !testing.Short() {
 		s = append(s, 64<<20)
 	}
 	return s
@@ -60,32 +58,63 @@ func listenLoopback(t testing.TB) net.Listener {
 }
 
 // serveEcho serves srv on a loopback listener and echoes every connection
-// until its client half-closes, then half-closes back. It returns the
-// address; everything ends with the test.
+// (see echo). It returns the address; everything ends with the test.
 func serveEcho(t testing.TB, srv Server) string {
 	t.Helper()
 	l := Listen(srv, listenLoopback(t))
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go echo(c)
-		}
-	}()
-	t.Cleanup(func() { l.Close(); <-done })
+	echoAll(t, l)
 	return l.Addr().String()
 }
 
-// echo copies c back to itself, then half-closes and closes it.
+// plainEcho is serveEcho without a transport: the ORPort of a PT program.
+func plainEcho(t testing.TB) string {
+	t.Helper()
+	ln := listenLoopback(t)
+	echoAll(t, ln)
+	return ln.Addr().String()
+}
+
+// echoAll echoes every connection ln accepts until the test ends, when it
+// closes ln and every connection and waits for their goroutines.
+func echoAll(t testing.TB, ln net.Listener) {
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() { defer wg.Done(); echo(c) }()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+}
+
+// echo copies c back to itself until EOF, then half-closes and waits for
+// the peer to close.
 func echo(c net.Conn) {
 	defer c.Close()
 	if _, err := io.Copy(c, c); err == nil {
 		closeWrite(c)
-		io.Copy(io.Discard, c) // wait for the client's close
+		io.Copy(io.Discard, c)
 	}
 }
 

@@ -15,7 +15,7 @@ func TestRoundTrips(t *testing.T) {
 		t.Run(strings.ReplaceAll(spec, "|", "_"), func(t *testing.T) {
 			dialer, server := chainOf(t, strings.Split(spec, "|")...)
 			addr := serveEcho(t, server)
-			for _, n := range sizes(t) {
+			for _, n := range sizes() {
 				t.Run(sizeName(n), func(t *testing.T) {
 					ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 					defer cancel()
