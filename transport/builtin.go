@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"gitlab.com/yawning/obfs4.git/transports/base"
@@ -35,13 +36,18 @@ type builtin struct {
 	// checkClientArgs, when set, checks arguments the module would
 	// misreport.
 	checkClientArgs func(metadata.Args) error
+	// heldAfterHandshake: its client keeps the bytes that came in the
+	// same read as the server's handshake undecoded until another read
+	// from the network returns (see kickConn).
+	heldAfterHandshake bool
 }
 
 var builtins = map[string]builtin{
-	"obfs2":        {t: new(obfs2.Transport), server: true},
-	"obfs3":        {t: new(obfs3.Transport), server: true},
-	"obfs4":        {t: new(obfs4.Transport), server: true, serverStateFile: "obfs4_state.json", checkClientArgs: checkIATMode},
-	"scramblesuit": {t: new(scramblesuit.Transport), clientState: true},
+	"obfs2": {t: new(obfs2.Transport), server: true},
+	"obfs3": {t: new(obfs3.Transport), server: true},
+	"obfs4": {t: new(obfs4.Transport), server: true, serverStateFile: "obfs4_state.json",
+		checkClientArgs: checkObfs4Args, heldAfterHandshake: true},
+	"scramblesuit": {t: new(scramblesuit.Transport), clientState: true, heldAfterHandshake: true},
 }
 
 // BuiltinMethods lists the in-process methods, sorted; server tells
@@ -91,7 +97,7 @@ func (builtinClient) Start(_ context.Context, cfg ClientConfig) (Client, error) 
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", m, err)
 		}
-		dialers[m] = moduleDialer{method: m, cf: cf, check: b.checkClientArgs}
+		dialers[m] = moduleDialer{method: m, cf: cf, check: b.checkClientArgs, kick: b.heldAfterHandshake}
 	}
 	return dialerSet(dialers), nil
 }
@@ -114,6 +120,7 @@ type moduleDialer struct {
 	method string
 	cf     base.ClientFactory
 	check  func(metadata.Args) error
+	kick   bool // give the module a kickConn
 }
 
 func (d moduleDialer) Dial(ctx context.Context, args metadata.Args, addr string, under DialFunc) (Conn, error) {
@@ -139,18 +146,53 @@ func (d moduleDialer) Dial(ctx context.Context, args metadata.Args, addr string,
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", d.method, err)
 	}
+	var beneath net.Conn = lower
+	var kick *kickConn
+	if d.kick {
+		kick = &kickConn{Conn: lower}
+		beneath = kick
+	}
 	c, err := handshake(ctx, lower, start, func() (net.Conn, error) {
-		return d.cf.Dial("tcp", addr, func(string, string) (net.Conn, error) { return lower, nil }, parsed)
+		return d.cf.Dial("tcp", addr, func(string, string) (net.Conn, error) { return beneath, nil }, parsed)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", d.method, err)
 	}
+	if kick != nil {
+		kick.armed.Store(true)
+	}
 	return c, nil
 }
 
-// checkIATMode checks obfs4's iat-mode, which the module reports as 0 when
-// it is not a number.
-func checkIATMode(args metadata.Args) error {
+// kickConn works around the module's obfs4 and scramblesuit clients (and
+// obfs4proxy's, the same code; PROTOCOLS.md): their Read reads from the
+// network first and only then decodes what they hold, so the frames that
+// came in the same read as the server's handshake wait for more bytes from
+// the network, forever when the server waits for the client (obfs3 inside
+// obfs4, a server that greets). Armed after the handshake, its first Read
+// returns at once with nothing, which makes the module decode what it holds
+// (an empty buffer: it reads again, from the network).
+type kickConn struct {
+	net.Conn
+	armed atomic.Bool
+}
+
+func (c *kickConn) Read(p []byte) (int, error) {
+	if c.armed.CompareAndSwap(true, false) {
+		return 0, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// checkObfs4Args checks what the module misreports of obfs4's arguments:
+// with neither cert nor the old node-id it asks for node-id, and it
+// reports an iat-mode that is not a number as 0.
+func checkObfs4Args(args metadata.Args) error {
+	_, cert := args.Get("cert")
+	_, nodeID := args.Get("node-id")
+	if !cert && !nodeID {
+		return errors.New("missing argument 'cert' (the bridge line's cert=...)")
+	}
 	v, ok := args.Get("iat-mode")
 	if !ok {
 		return nil // the module says it is missing
