@@ -49,8 +49,8 @@
 // itself (an external program) fits the same method by dialling its own port
 // and returning the connection it hands on.
 //
-// Every call that may block takes a context.Context first; cancelling it
-// ends a handshake by closing the connection beneath (the transports of the
+// Every call that starts a transport or runs a handshake takes a
+// context.Context first; cancelling it ends a handshake by closing the connection beneath (the transports of the
 // module take no context). On error, Dial and WrapConn have closed every
 // connection they opened or were given, so a caller never has to guess who
 // owns what.
@@ -100,5 +100,10 @@
 // successor (lyrebird) changes one file. obfs4's server state (node id, keys,
 // drbg seed) lives in the state directory the caller gives, in the module's
 // own obfs4_state.json, beside the bridge line it writes
-// (obfs4_bridgeline.txt).
+// (obfs4_bridgeline.txt); a malformed state file is refused at Start with
+// its path. The adapter also works around the module's obfs4 client leaving
+// the bytes that came with the server's handshake undecoded until more
+// arrive (the stall PROTOCOLS.md reports of obfs4proxy, which shares the
+// code), so a protocol whose server speaks first (obfs3 inside obfs4) does
+// not hang in process.
 package transport
