@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -24,12 +25,59 @@ const (
 	ServerRole
 )
 
-// Plugin is one PT program and the method names it offers.
+// PluginKind says what serves a Plugin's methods.
+type PluginKind int
+
+const (
+	// ExecPlugin is a managed PT 1.0 program that the combiner launches
+	// (torrc "exec PATH ARGS", --plugin NAMES=PATH).
+	ExecPlugin PluginKind = iota
+	// BuiltinPlugin is the in-process transports of package transport
+	// (config "builtin", --builtin NAMES): no process is started.
+	BuiltinPlugin
+	// SOCKSPlugin is an unmanaged PT that already listens on a SOCKS5 port,
+	// started by someone else (torrc "socks5 ADDR", --plugin
+	// NAME=socks5:ADDR); client side only.
+	SOCKSPlugin
+)
+
+func (k PluginKind) String() string {
+	switch k {
+	case ExecPlugin:
+		return "exec"
+	case BuiltinPlugin:
+		return "builtin"
+	case SOCKSPlugin:
+		return "socks5"
+	}
+	return fmt.Sprintf("PluginKind(%d)", int(k))
+}
+
+// Plugin is one source of methods: a PT program (ExecPlugin), the builtin
+// transports, or an unmanaged SOCKS5 PT.
 type Plugin struct {
+	Kind    PluginKind
 	Methods []string // method names, as in the torrc line
-	Path    string   // the program
-	Args    []string // its command-line arguments
+	Path    string   // ExecPlugin: the program
+	Args    []string // ExecPlugin: its command-line arguments
+	Addr    string   // SOCKSPlugin: the PT's SOCKS5 address, host:port
 	Source  string   // where it was defined, for error messages
+}
+
+// describe names what serves p's methods, for error messages.
+func (p Plugin) describe() string {
+	switch p.Kind {
+	case BuiltinPlugin:
+		return "builtin"
+	case SOCKSPlugin:
+		return "socks5 " + p.Addr
+	}
+	return p.Path
+}
+
+// same reports whether p and o are one source of methods.
+func (p Plugin) same(o Plugin) bool {
+	return p.Kind == o.Kind && p.Path == o.Path && equal(p.Args, o.Args) && p.Addr == o.Addr
 }
 
 // Chain is a named sequence of methods, innermost first: the application's
@@ -96,15 +144,77 @@ func ParseChain(s string) ([]string, error) {
 	return hops, nil
 }
 
-// AddPluginFlag adds a --plugin NAMES=PATH definition. PATH may not carry
+// AddPluginFlag adds a --plugin NAMES=PATH definition, or NAME=socks5:ADDR
+// for an unmanaged PT already listening on a SOCKS5 port. PATH may not carry
 // arguments (tor splits the torrc line on spaces); use the config file for
 // programs that need them.
 func (c *Config) AddPluginFlag(s string) error {
 	names, path, ok := strings.Cut(s, "=")
 	if !ok || names == "" || path == "" {
-		return fmt.Errorf("--plugin %q: want NAMES=PATH, as in obfs3,obfs4=/usr/bin/obfs4proxy", s)
+		return fmt.Errorf("--plugin %q: want NAMES=PATH, as in obfs3,obfs4=/usr/bin/obfs4proxy, or NAME=socks5:ADDR", s)
+	}
+	if addr, ok := strings.CutPrefix(path, "socks5:"); ok {
+		return c.addSOCKSPlugin(names, addr, "--plugin "+s)
 	}
 	return c.addPlugin(names, path, nil, "--plugin "+s)
+}
+
+// AddBuiltinFlag adds a --builtin NAMES definition: methods, comma
+// separated, served in-process by package transport. Whether a name exists
+// (and has a server side) is checked when a chain using it starts, so that
+// one bad name costs only its own chains.
+func (c *Config) AddBuiltinFlag(s string) error {
+	return c.addBuiltin(s, "--builtin "+s)
+}
+
+func (c *Config) addBuiltin(names, source string) error {
+	methods, err := methodList(names, source)
+	if err != nil {
+		return err
+	}
+	for i := range c.Plugins {
+		if p := &c.Plugins[i]; p.Kind == BuiltinPlugin {
+			for _, m := range methods {
+				if !contains(p.Methods, m) {
+					p.Methods = append(p.Methods, m)
+				}
+			}
+			return nil
+		}
+	}
+	c.Plugins = append(c.Plugins, Plugin{Kind: BuiltinPlugin, Methods: methods, Source: source})
+	return nil
+}
+
+// addSOCKSPlugin adds an unmanaged PT: one method on a SOCKS5 port that
+// someone else runs (torrc's "ClientTransportPlugin NAME socks5 ADDR").
+func (c *Config) addSOCKSPlugin(names, addr, source string) error {
+	methods, err := methodList(names, source)
+	if err != nil {
+		return err
+	}
+	if len(methods) != 1 {
+		return fmt.Errorf("%s: an unmanaged SOCKS5 PT serves one method, got %d (%s)", source, len(methods), names)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" || port == "" || port == "0" {
+		return fmt.Errorf("%s: SOCKS5 address %q: want HOST:PORT, as in 127.0.0.1:9050", source, addr)
+	}
+	c.Plugins = append(c.Plugins, Plugin{Kind: SOCKSPlugin, Methods: methods, Addr: addr, Source: source})
+	return nil
+}
+
+func methodList(names, source string) ([]string, error) {
+	var methods []string
+	for _, m := range strings.Split(names, ",") {
+		if !IsIdentifier(m) {
+			return nil, fmt.Errorf("%s: method name %q is not a C identifier ([a-zA-Z_][a-zA-Z0-9_]*)", source, m)
+		}
+		if !contains(methods, m) {
+			methods = append(methods, m)
+		}
+	}
+	return methods, nil
 }
 
 // AddChainFlag adds a --chain ALIAS=CHAIN definition.
@@ -117,12 +227,9 @@ func (c *Config) AddChainFlag(s string) error {
 }
 
 func (c *Config) addPlugin(names, path string, args []string, source string) error {
-	var methods []string
-	for _, m := range strings.Split(names, ",") {
-		if !IsIdentifier(m) {
-			return fmt.Errorf("%s: method name %q is not a C identifier ([a-zA-Z_][a-zA-Z0-9_]*)", source, m)
-		}
-		methods = append(methods, m)
+	methods, err := methodList(names, source)
+	if err != nil {
+		return err
 	}
 	if !filepath.IsAbs(path) && !strings.Contains(path, "/") {
 		// A bare program name is looked up in PATH now, so a typo is
@@ -135,7 +242,7 @@ func (c *Config) addPlugin(names, path string, args []string, source string) err
 	// arguments add to one Plugin.
 	for i := range c.Plugins {
 		p := &c.Plugins[i]
-		if p.Path == path && equal(p.Args, args) {
+		if p.Kind == ExecPlugin && p.Path == path && equal(p.Args, args) {
 			for _, m := range methods {
 				if !contains(p.Methods, m) {
 					p.Methods = append(p.Methods, m)
@@ -164,7 +271,10 @@ func (c *Config) addChain(alias, spec, source string) error {
 // shell-style; '#' starts a comment. Directives:
 //
 //	ClientTransportPlugin NAMES exec PATH [ARGS...]
+//	ClientTransportPlugin NAMES builtin
+//	ClientTransportPlugin NAME socks5 ADDR
 //	ServerTransportPlugin NAMES exec PATH [ARGS...]
+//	ServerTransportPlugin NAMES builtin
 //	Alias ALIAS CHAIN
 //	ServerTransportOptions ALIAS K=V [K=V...]
 //	Indirect METHOD [METHOD...]
@@ -206,14 +316,7 @@ func Parse(r io.Reader, name string, role Role) (*Config, error) {
 func (c *Config) parseDirective(words []string, role Role, src string) error {
 	switch strings.ToLower(words[0]) {
 	case "clienttransportplugin", "servertransportplugin":
-		mine := (role == ClientRole) == strings.EqualFold(words[0], "ClientTransportPlugin")
-		if len(words) < 4 || !strings.EqualFold(words[2], "exec") {
-			return fmt.Errorf("%s: want %s NAMES exec PATH [ARGS...]", src, words[0])
-		}
-		if !mine {
-			return nil
-		}
-		return c.addPlugin(words[1], words[3], words[4:], src)
+		return c.parsePluginLine(words, role, src)
 	case "alias":
 		if len(words) != 3 {
 			return fmt.Errorf("%s: want Alias ALIAS CHAIN, as in Alias obfs3_obfs4 obfs3|obfs4", src)
@@ -251,6 +354,40 @@ func (c *Config) parseDirective(words []string, role Role, src string) error {
 	default:
 		return fmt.Errorf("%s: unknown directive %q (want ClientTransportPlugin, ServerTransportPlugin, Alias, ServerTransportOptions or Indirect)", src, words[0])
 	}
+}
+
+// parsePluginLine reads a ClientTransportPlugin or ServerTransportPlugin
+// line; the other role's lines are checked for their form and skipped.
+func (c *Config) parsePluginLine(words []string, role Role, src string) error {
+	client := strings.EqualFold(words[0], "ClientTransportPlugin")
+	mine := (role == ClientRole) == client
+	kind := ""
+	if len(words) >= 3 {
+		kind = strings.ToLower(words[2])
+	}
+	switch {
+	case kind == "exec" && len(words) >= 4:
+		if mine {
+			return c.addPlugin(words[1], words[3], words[4:], src)
+		}
+		return nil
+	case kind == "builtin" && len(words) == 3:
+		if mine {
+			return c.addBuiltin(words[1], src)
+		}
+		return nil
+	case kind == "socks5" && len(words) == 4 && client:
+		if mine {
+			return c.addSOCKSPlugin(words[1], words[3], src)
+		}
+		return nil
+	case kind == "socks4" && client:
+		return fmt.Errorf("%s: unmanaged SOCKS4 PTs are not supported (PT arguments need SOCKS5); use socks5", src)
+	}
+	if client {
+		return fmt.Errorf("%s: want %s NAMES exec PATH [ARGS...], NAMES builtin, or NAME socks5 ADDR", src, words[0])
+	}
+	return fmt.Errorf("%s: want %s NAMES exec PATH [ARGS...] or NAMES builtin", src, words[0])
 }
 
 // AddIndirectFlag adds an --indirect METHODS definition: methods, comma
@@ -324,8 +461,12 @@ func (c *Config) Validate() error {
 	owner := map[string]Plugin{}
 	for _, p := range c.Plugins {
 		for _, m := range p.Methods {
-			if o, dup := owner[m]; dup && (o.Path != p.Path || !equal(o.Args, p.Args)) {
-				errs = append(errs, fmt.Errorf("method %q is offered by two programs: %s (%s) and %s (%s)", m, o.Path, o.Source, p.Path, p.Source))
+			if o, dup := owner[m]; dup && !o.same(p) {
+				what := "two programs"
+				if o.Kind != p.Kind {
+					what = "two kinds of plugin"
+				}
+				errs = append(errs, fmt.Errorf("method %q is offered by %s: %s (%s) and %s (%s); ptcombiner never chooses one silently", m, what, o.describe(), o.Source, p.describe(), p.Source))
 				continue
 			}
 			owner[m] = p
@@ -444,8 +585,13 @@ func equal(a, b []string) bool {
 func (c *Config) CheckChain(ch Chain) error {
 	var errs []error
 	for i, m := range ch.Hops {
-		if _, ok := c.PluginFor(m); !ok {
+		p, ok := c.PluginFor(m)
+		if !ok {
 			errs = append(errs, fmt.Errorf("hop %d %q is offered by no program; add --plugin %s=PATH", i, m, m))
+			continue
+		}
+		if p.Kind != ExecPlugin { // until the engines run hops through package transport
+			errs = append(errs, fmt.Errorf("hop %d %q: %s hops are not supported by this engine yet", i, m, p.Kind))
 		}
 	}
 	return errors.Join(errs...)

@@ -31,7 +31,8 @@ var Version = "dev"
 // Flags are the flags both programs take.
 func Flags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringSliceFlag{Name: "plugin", Usage: "a PT program and the methods it offers: `NAMES=PATH`, e.g. obfs3,obfs4=/usr/bin/obfs4proxy (repeatable)"},
+		&cli.StringSliceFlag{Name: "plugin", Usage: "a PT program and the methods it offers: `NAMES=PATH`, e.g. obfs3,obfs4=/usr/bin/obfs4proxy, or an unmanaged PT's SOCKS5 port (client): NAME=socks5:ADDR (repeatable)"},
+		&cli.StringSliceFlag{Name: "builtin", Usage: "methods served in-process, without a PT program: `NAMES`, e.g. obfs3,obfs4 (obfs2, obfs3, obfs4; scramblesuit client only) (repeatable)"},
 		&cli.StringSliceFlag{Name: "chain", Usage: "a chain exposed to tor under an alias: `ALIAS=CHAIN`, innermost first, e.g. obfs3_obfs4=obfs3|obfs4 (repeatable)"},
 		&cli.StringFlag{Name: "config", Usage: "a torrc-like `FILE` of ClientTransportPlugin/ServerTransportPlugin, Alias and ServerTransportOptions lines"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "stderr log level: debug, info, warn or error"},
@@ -53,6 +54,11 @@ func LoadConfig(c *cli.Context, role chain.Role) (*chain.Config, error) {
 	}
 	for _, p := range c.StringSlice("plugin") {
 		if err := cfg.AddPluginFlag(p); err != nil {
+			return nil, err
+		}
+	}
+	for _, b := range c.StringSlice("builtin") {
+		if err := cfg.AddBuiltinFlag(b); err != nil {
 			return nil, err
 		}
 	}
