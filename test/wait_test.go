@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"sync"
 	"testing"
 	"time"
@@ -99,4 +100,23 @@ func (b *retryBudget) check() {
 		b.t.Errorf("%d retries in %d cases, more than the %.2f per case tolerated for %s: the failure is no longer rare",
 			b.retries, b.cases, b.perCase, b.why)
 	}
+}
+
+// syncBuffer is a bytes.Buffer that a child's output can be written to
+// while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
