@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -111,14 +112,14 @@ func family(pid int) []int {
 	return out
 }
 
-// refuses reports whether nothing accepts connections at addr any more.
+// refuses reports whether connections to addr are refused: nothing listens
+// there any more. A dial that times out says nothing either way.
 func refuses(addr string) bool {
 	probe, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return true
+	if err == nil {
+		probe.Close()
 	}
-	probe.Close()
-	return false
+	return errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // Every way tor (or the system) ends a PT ends the combiner and all its PT
