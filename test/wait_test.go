@@ -2,6 +2,7 @@ package test
 
 import (
 	"bytes"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -84,7 +85,7 @@ func (b *retryBudget) run(t testing.TB, attempts int, f func() error) error {
 		b.retries++
 		retries, cases := b.retries, b.cases
 		b.mu.Unlock()
-		t.Logf("RETRY %d of this case (for %s), %d retries in %d cases so far: attempt %d failed: %v", i, b.why, retries, cases, i, err)
+		t.Logf("RETRY %d of this case (for %s; %d retries in %d cases so far), after: %v", i, b.why, retries, cases, err)
 	}
 	return err
 }
@@ -93,12 +94,48 @@ func (b *retryBudget) run(t testing.TB, attempts int, f func() error) error {
 func (b *retryBudget) allowed() int { return int(b.perCase * float64(b.cases)) }
 
 func (b *retryBudget) check() {
+	b.t.Helper()
+	if err := b.exceeded(); err != nil {
+		b.t.Error(err)
+	}
+}
+
+// exceeded logs the budget's count and says whether the retries passed it.
+func (b *retryBudget) exceeded() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.t.Logf("%d retries in %d cases (for %s); at most %d tolerated (%.2f per case)", b.retries, b.cases, b.why, b.allowed(), b.perCase)
 	if b.retries > b.allowed() {
-		b.t.Errorf("%d retries in %d cases, more than the %.2f per case tolerated for %s: the failure is no longer rare",
+		return fmt.Errorf("%d retries in %d cases, more than the %.2f per case tolerated for %s: the failure is no longer rare",
 			b.retries, b.cases, b.perCase, b.why)
+	}
+	return nil
+}
+
+// A retry budget counts every retry and is exceeded above its rate.
+func TestRetryBudget(t *testing.T) {
+	failing := func(n int) func() error { // fails n times, then succeeds
+		return func() error {
+			if n--; n >= 0 {
+				return fmt.Errorf("failure %d", n)
+			}
+			return nil
+		}
+	}
+	b := &retryBudget{t: t, why: "a test", perCase: 0.25}
+	for _, fails := range []int{0, 0, 1, 0} {
+		if err := b.run(t, 3, failing(fails)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.retries != 1 || b.exceeded() != nil {
+		t.Errorf("1 retry in 4 cases at 0.25 per case: %d retries counted, exceeded: %v", b.retries, b.exceeded())
+	}
+	if err := b.run(t, 3, failing(3)); err == nil {
+		t.Error("a case that failed every attempt passed")
+	}
+	if b.retries != 3 || b.exceeded() == nil {
+		t.Errorf("3 retries in 5 cases at 0.25 per case: %d retries counted, and the budget was not exceeded", b.retries)
 	}
 }
 
