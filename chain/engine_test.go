@@ -317,7 +317,7 @@ func TestClientRestartsDeadChild(t *testing.T) {
 		t.Fatalf("children: %v", pids)
 	}
 	syscall.Kill(pids[0], syscall.SIGKILL)
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(eventCeiling) // a ceiling: connections fail until the restart
 	var conn *Conn
 	var err error
 	for time.Now().Before(deadline) {
@@ -375,7 +375,7 @@ func TestServerExtORPortSecurity(t *testing.T) {
 	} else if !errors.Is(err, extorport.ErrDenied) {
 		t.Errorf("undialled USERADDR: %v, want DENY", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(eventCeiling)
 	for time.Now().Before(deadline) && strings.Count(logs.String(), "refused an Extended ORPort connection") < 3 {
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -417,7 +417,12 @@ func TestStampBook(t *testing.T) {
 		_, ok := b.Take(late, 5*time.Second)
 		done <- ok
 	}()
-	time.Sleep(10 * time.Millisecond)
+	waitFor(t, "Take to wait for the stamp", eventCeiling, func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		_, waiting := b.waiters[late]
+		return waiting
+	})
 	b.Put(late, hopLink{pos: 2})
 	if !<-done {
 		t.Error("a waiting Take missed its stamp")

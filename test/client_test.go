@@ -148,15 +148,20 @@ func TestClientObfs4proxyChains(t *testing.T) {
 	flags := []string{"--plugin", "obfs2,obfs3,obfs4=" + obfs4proxy,
 		"--chain", "obfs3_obfs4=obfs3|obfs4", "--chain", "obfs4_obfs4=obfs4|obfs4", "--chain", "o234=obfs2|obfs3|obfs4"}
 	c := startCombiner(t, []string{"obfs4", "obfs3_obfs4", "obfs4_obfs4", "o234"}, flags...)
+	// Only chains with obfs3 inside obfs4 meet obfs4proxy's stall (1-4% of
+	// setups, PROTOCOLS.md), and only they are retried: at most one retry
+	// per four cases in all, or the test fails.
+	budget := newRetryBudget(t, "obfs4proxy's stall on obfs3 inside obfs4", 0.25)
 	for _, tc := range []struct {
 		alias string
 		hops  []string
 		sizes []int
+		stall bool // obfs3 inside obfs4
 	}{
-		{"obfs4", []string{"obfs4"}, []int{0, 1, 1 << 20, 64 << 20}},
-		{"obfs3_obfs4", []string{"obfs3", "obfs4"}, []int{0, 1 << 20}},
-		{"obfs4_obfs4", []string{"obfs4", "obfs4"}, []int{0, 1 << 20}},
-		{"o234", []string{"obfs2", "obfs3", "obfs4"}, []int{1, 1 << 20}},
+		{"obfs4", []string{"obfs4"}, []int{0, 1, 1 << 20, 64 << 20}, false},
+		{"obfs3_obfs4", []string{"obfs3", "obfs4"}, []int{0, 1 << 20}, true},
+		{"obfs4_obfs4", []string{"obfs4", "obfs4"}, []int{0, 1 << 20}, false},
+		{"o234", []string{"obfs2", "obfs3", "obfs4"}, []int{1, 1 << 20}, true},
 	} {
 		var hops []serverHop
 		for _, m := range tc.hops {
@@ -168,7 +173,11 @@ func TestClientObfs4proxyChains(t *testing.T) {
 				continue
 			}
 			t.Run(fmt.Sprintf("%s/%d", tc.alias, size), func(t *testing.T) {
-				err := retry(t, 3, func() error {
+				attempts := 1
+				if tc.stall {
+					attempts = 3
+				}
+				err := budget.run(t, attempts, func() error {
 					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 					defer cancel()
 					conn, err := c.dial(ctx, tc.alias, bridge, args)
@@ -189,7 +198,7 @@ func TestClientObfs4proxyChains(t *testing.T) {
 	}
 	pids := append(childPids(c.proc.Pid()), c.proc.Pid())
 	c.proc.Close()
-	if err := waitGone(pids, 2*time.Second); err != nil {
+	if err := waitGone(pids, eventCeiling); err != nil {
 		t.Error(err)
 	}
 }
@@ -260,7 +269,7 @@ Alias envchain test|envfail
 	pid := c.proc.Pid()
 	kids := childPids(pid)
 	c.proc.Close()
-	if err := waitGone(append(kids, pid), 2*time.Second); err != nil {
+	if err := waitGone(append(kids, pid), eventCeiling); err != nil {
 		t.Error(err)
 	}
 }
@@ -288,6 +297,7 @@ func TestClientUnreachableBridge(t *testing.T) {
 	echo := echoServer(t)
 	c := startCombiner(t, []string{"t3"}, testpFlags()...)
 	bridge, args := serverChain(t, echo, testHops(3))
+	baseline := fdCount(c.proc.Pid())
 	warm, err := c.dial(context.Background(), "t3", bridge, args)
 	if err != nil {
 		t.Fatal(err)
@@ -295,8 +305,8 @@ func TestClientUnreachableBridge(t *testing.T) {
 	if err := roundTrip(t, warm, 10); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
-	baseline := fdCount(c.proc.Pid())
+	// The warm connection's sockets are closed before the one that fails.
+	waitFDs(t, c.proc.Pid(), baseline, eventCeiling)
 	// Port 1, where nothing listens: a port freed by closing a listener
 	// could be handed to one of the combiner's shims meanwhile.
 	const dead = "127.0.0.1:1"
@@ -307,7 +317,7 @@ func TestClientUnreachableBridge(t *testing.T) {
 	if !errors.As(err, &re) || re.Code != shim.RepConnectionRefused {
 		t.Fatalf("dial to a closed port: %v, want SOCKS reply 0x05", err)
 	}
-	if _, err := c.logs.waitFor(5*time.Second, "hop 2 (test, ", "could not reach", "refused"); err != nil {
+	if _, err := c.logs.waitFor(eventCeiling, "hop 2 (test, ", "could not reach", "refused"); err != nil {
 		t.Error(err)
 	}
 	conn, err := c.dial(ctx, "t3", bridge, args)
@@ -318,7 +328,7 @@ func TestClientUnreachableBridge(t *testing.T) {
 		t.Fatal(err)
 	}
 	// No shim listener or socket of the failed connection is left.
-	waitFDs(t, c.proc.Pid(), baseline, 5*time.Second)
+	waitFDs(t, c.proc.Pid(), baseline, eventCeiling)
 }
 
 // Malformed SOCKS requests and arguments are refused without harm.
@@ -372,7 +382,7 @@ func TestClientMalformedSOCKS(t *testing.T) {
 	if err := roundTrip(t, conn, 1000); err != nil {
 		t.Fatal(err)
 	}
-	waitFDs(t, c.proc.Pid(), baseline, 5*time.Second)
+	waitFDs(t, c.proc.Pid(), baseline, eventCeiling)
 }
 
 // 1000 connections at 100 concurrency through a 3-hop chain of the test PT,
@@ -399,10 +409,10 @@ func TestClientLoad(t *testing.T) {
 	if len(failures) > 0 {
 		t.Fatalf("%d of %d connections failed; first: %v", len(failures), total, failures[:min(5, len(failures))])
 	}
-	waitFDs(t, c.proc.Pid(), baseline, 10*time.Second)
+	waitFDs(t, c.proc.Pid(), baseline, eventCeiling)
 	pids := append(childPids(c.proc.Pid()), c.proc.Pid())
 	c.proc.Close()
-	if err := waitGone(pids, 2*time.Second); err != nil {
+	if err := waitGone(pids, eventCeiling); err != nil {
 		t.Error(err)
 	}
 }

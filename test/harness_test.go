@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -307,25 +306,6 @@ func (l *logSink) waitFor(d time.Duration, parts ...string) (string, error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
-// retry runs f up to n times, for the known obfs4proxy stall (PROTOCOLS.md:
-// obfs3 inside obfs4 hangs on 1-4% of setups; it is upstream's bug).
-func retry(t testing.TB, n int, f func() error) error {
-	t.Helper()
-	var err error
-	for i := 0; i < n; i++ {
-		if err = f(); err == nil {
-			return nil
-		}
-		t.Logf("attempt %d: %v", i+1, err)
-		if errors.Is(err, errSkip) {
-			return err
-		}
-	}
-	return err
-}
-
-var errSkip = errors.New("skip")
 
 // fdCount is the number of open sockets (connections and listeners) of
 // pid. Pipes are not counted: Go keeps a pool of pipes for splice(2), which

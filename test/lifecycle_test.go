@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -71,7 +72,7 @@ func startRaw(t *testing.T, spec ptproc.Spec, wrapped bool) *rawCombiner {
 		cmd.Process.Kill()
 		<-r.done
 	})
-	deadline := time.After(30 * time.Second)
+	deadline := time.After(eventCeiling)
 	for {
 		select {
 		case l, ok := <-r.lines:
@@ -97,7 +98,7 @@ func startRaw(t *testing.T, spec ptproc.Spec, wrapped bool) *rawCombiner {
 				return r
 			}
 		case <-deadline:
-			t.Fatal("no DONE within 30 s")
+			t.Fatalf("no DONE within %v", eventCeiling)
 		}
 	}
 }
@@ -111,8 +112,19 @@ func family(pid int) []int {
 	return out
 }
 
+// refuses reports whether connections to addr are refused: nothing listens
+// there any more. A dial that times out says nothing either way.
+func refuses(addr string) bool {
+	probe, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		probe.Close()
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
 // Every way tor (or the system) ends a PT ends the combiner and all its PT
-// children within 2 seconds, on both sides, with real obfs4proxy children.
+// children, on both sides, with real obfs4proxy children. How long it took
+// is logged, not checked: the machine's load decides it.
 func TestLifecycleEnds(t *testing.T) {
 	obfs4proxy := requireProgram(t, "obfs4proxy")
 	ft := startFakeTor(t, "obfs3_obfs4")
@@ -137,14 +149,18 @@ func TestLifecycleEnds(t *testing.T) {
 					syscall.Kill(r.pid, syscall.SIGTERM)
 				case "sigint-twice":
 					syscall.Kill(r.pid, syscall.SIGINT)
-					time.Sleep(200 * time.Millisecond)
+					// The second SIGINT comes once the first was handled:
+					// the listener is closed.
+					waitFor(t, "the listener to close after the first SIGINT", eventCeiling, func() bool { return refuses(r.methods[specs[side].Methods[0]]) })
 					syscall.Kill(r.pid, syscall.SIGINT)
 				case "parent-death":
 					syscall.Kill(r.cmd.Process.Pid, syscall.SIGKILL)
 				}
-				if err := waitGone(pids, 2*time.Second); err != nil {
+				ended := time.Now()
+				if err := waitGone(pids, eventCeiling); err != nil {
 					t.Error(err)
 				}
+				t.Logf("%d processes ended %v after the %s", len(pids), time.Since(ended).Round(time.Millisecond), how)
 			})
 		}
 	}
@@ -171,23 +187,12 @@ func TestLifecycleDrain(t *testing.T) {
 	}
 	pids := family(r.pid)
 	syscall.Kill(r.pid, syscall.SIGINT)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		probe, err := net.DialTimeout("tcp", addr.String(), time.Second)
-		if err != nil {
-			break // the listener is closed
-		}
-		probe.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("the SOCKS listener still accepts 5 s after SIGINT")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitFor(t, "the SOCKS listener to close after SIGINT", eventCeiling, func() bool { return refuses(addr.String()) })
 	if err := roundTrip(t, open, 1<<20); err != nil { // the open connection still works
 		t.Fatalf("open connection after SIGINT: %v", err)
 	}
 	// It was the last connection: the combiner ends by itself.
-	if err := waitGone(pids, 5*time.Second); err != nil {
+	if err := waitGone(pids, eventCeiling); err != nil {
 		t.Error(err)
 	}
 }

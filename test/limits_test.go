@@ -20,7 +20,7 @@ func idleFlood(t *testing.T, addr string, n int) {
 		}
 	})
 	for i := 0; i < n; i++ {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		c, err := net.DialTimeout("tcp", addr, eventCeiling)
 		if err != nil {
 			t.Fatalf("idle connection %d: %v", i, err)
 		}
@@ -76,15 +76,17 @@ func TestLimitsServerIdleFlood(t *testing.T) {
 // ones under it work.
 func TestLimitsMaxConns(t *testing.T) {
 	c := startCombiner(t, []string{"t2"}, append(testpFlags(), "--max-conns", "10")...)
+	baseline := fdCount(c.proc.Pid())
 	idleFlood(t, c.methods["t2"].Addr.String(), 10)
-	// Let the combiner take the ten in before the eleventh comes.
-	time.Sleep(500 * time.Millisecond)
+	// The combiner has taken the ten in (accepted: a socket each) before
+	// the eleventh comes.
+	waitFor(t, "the combiner to accept the 10 idle connections", eventCeiling, func() bool { return fdCount(c.proc.Pid()) >= baseline+10 })
 	over, err := net.Dial("tcp", c.methods["t2"].Addr.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer over.Close()
-	over.SetReadDeadline(time.Now().Add(5 * time.Second))
+	over.SetReadDeadline(time.Now().Add(eventCeiling))
 	if _, err := over.Read(make([]byte, 1)); err == nil {
 		t.Error("a connection over the cap got data")
 	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {

@@ -449,7 +449,7 @@ Alias g test|testgarbage
 	pid := p.Pid()
 	kids := childPids(pid)
 	p.Close()
-	if err := waitGone(append(kids, pid), 2*time.Second); err != nil {
+	if err := waitGone(append(kids, pid), eventCeiling); err != nil {
 		t.Error(err)
 	}
 }
@@ -477,11 +477,15 @@ func TestServerBadEnvironment(t *testing.T) {
 		cmd := exec.Command(bin("ptcombiner-server"), "--plugin", "test="+bin("testpt"), "--chain", "t2=test|test")
 		cmd.Env = env
 		stdin, _ := cmd.StdinPipe()
-		var out bytes.Buffer
+		var out syncBuffer
 		cmd.Stdout = &out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// Once it has said why it fails, it waits for tor to close its stdin:
+		// it is still there a while later. The sleep is that while, the
+		// point of the check (the program lingers 10 s), not a wait for it.
+		poll(eventCeiling, func() bool { return strings.Contains(out.String(), tc.want) || !alive(cmd.Process.Pid) })
 		time.Sleep(300 * time.Millisecond)
 		if !alive(cmd.Process.Pid) {
 			t.Errorf("env %q: exited before tor closed its stdin", tc.env)

@@ -211,7 +211,7 @@ func TestTorClientOneHop(t *testing.T) {
 		t.Fatalf("tor's children: %v, want ptcombiner-client and its obfs4proxy", all)
 	}
 	client.stop()
-	if err := waitGone(all, 2*time.Second); err != nil {
+	if err := waitGone(all, eventCeiling); err != nil {
 		t.Error(err)
 	}
 }
