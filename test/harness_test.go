@@ -283,6 +283,17 @@ func (l *logSink) add(severity ptproc.Severity, message string) {
 	l.lines = append(l.lines, string(severity)+": "+message)
 }
 
+// dump logs the last n LOG lines, so that a failed test shows what the
+// combiner warned about.
+func (l *logSink) dump(t testing.TB, n int) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range l.lines[max(0, len(l.lines)-n):] {
+		t.Log("combiner LOG " + line)
+	}
+}
+
 // waitFor waits up to d for a LOG line containing every one of parts.
 func (l *logSink) waitFor(d time.Duration, parts ...string) (string, error) {
 	deadline := time.Now().Add(d)

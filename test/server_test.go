@@ -287,6 +287,7 @@ func TestServerAttributionRace(t *testing.T) {
 			})
 			if len(failures) > 0 {
 				t.Errorf("%d of %d connections failed; first: %q", len(failures), total, failures[:min(5, len(failures))])
+				sc.logs.dump(t, 20)
 			}
 			ft.check(t, total)
 		})
