@@ -52,6 +52,7 @@ func main() {
 	setups := flag.Int("setups", 500, "connections set up one after another for the setup latency")
 	idle := flag.Int("idle", 1000, "idle chained connections held open for the memory figure")
 	hold := flag.Int("hold", 10000, "chained connections (2 hops, test PT) held at once at the end; 0 skips")
+	holdOnly := flag.Bool("hold-only", false, "only hold the -hold connections: no table")
 	refList := flag.String("ref", "loop,splice", "reference relays: loop (c: read and write through a buffer), splice (c': io.Copy)")
 	refPublic := flag.Bool("ref-public", false, "give the reference relay a public listener in front of the outermost PT, as ptcombiner-server has (with -ref splice, io.Copy's pipes take 24 descriptors per idle 3-hop connection: lower -idle or use -ref loop)")
 	verbose := flag.Bool("v", false, "show every process's log")
@@ -68,7 +69,7 @@ func main() {
 		}
 		hops = append(hops, n)
 	}
-	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle}
+	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle, holdOnly: *holdOnly}
 	refs := strings.Split(*refList, ",")
 	for _, r := range refs {
 		if r != "loop" && r != "splice" {
@@ -145,6 +146,13 @@ func run(binDir string, hops []int, pts, refs []string, refPublic bool, p params
 	}
 
 	started := time.Now()
+	if p.holdOnly {
+		if err := holdMany(e, hold); err != nil {
+			return err
+		}
+		footer(started)
+		return nil
+	}
 	if refPublic {
 		fmt.Println("The reference relays own a public listener in front of the outermost PT, as ptcombiner-server does.")
 	}
@@ -209,12 +217,17 @@ func run(binDir string, hops []int, pts, refs []string, refPublic bool, p params
 			return err
 		}
 	}
-	fmt.Printf("\n%s, %d CPUs, %s; the run took %v.\n", time.Now().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(),
-		time.Since(started).Round(time.Second))
+	footer(started)
 	if errs > 0 {
 		return fmt.Errorf("%d connections failed (the errors column)", errs)
 	}
 	return nil
+}
+
+// footer prints the date, the machine and how long the run took.
+func footer(started time.Time) {
+	fmt.Printf("\n%s, %d CPUs, %s; the run took %v.\n", time.Now().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(),
+		time.Since(started).Round(time.Second))
 }
 
 func closeGroup(group []*topology) {

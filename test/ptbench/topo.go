@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
 
@@ -69,6 +70,21 @@ type env struct {
 	// refPublic gives the reference relay a public listener in front of
 	// the outermost PT, as ptcombiner-server has (-ref-public).
 	refPublic bool
+	// diag, when set, hears what the combiners say (childLogs); they then
+	// run at --log-level debug.
+	diag *childLogs
+}
+
+// combinerSpec completes the spec of a combiner process named program:
+// its logging, and the diagnostics of e.diag.
+func (e *env) combinerSpec(program string, s ptproc.Spec) ptproc.Spec {
+	s.Logger = logger
+	if e.diag != nil {
+		s.Args = append(append([]string(nil), s.Args...), "--log-level", "debug")
+		s.Logger = slog.New(e.diag.handler(program, logger.Handler()))
+		s.OnLog = e.diag.onLog(program)
+	}
+	return s
 }
 
 func (e *env) dir(name string) string {
@@ -92,11 +108,11 @@ func (e *env) startCombiners(kind, pt string, hops int, sinkExt, cookie string) 
 	prog, opts := e.ptProgram(pt)
 	alias := fmt.Sprintf("%s%d", pt, hops)
 	flags := []string{"--plugin", pt + "=" + prog, "--chain", alias + "=" + t.chain()}
-	server, err := ptproc.Start(context.Background(), ptproc.Spec{
+	server, err := ptproc.Start(context.Background(), e.combinerSpec("ptcombiner-server", ptproc.Spec{
 		Name: "ptcombiner-server", Path: filepath.Join(e.binDir, "ptcombiner-server"), Args: flags,
 		Role: ptproc.Server, Methods: []string{alias}, StateDir: e.dir("server"),
-		Options: map[string]metadata.Args{alias: opts}, ExtORPort: sinkExt, AuthCookieFile: cookie, Logger: logger,
-	})
+		Options: map[string]metadata.Args{alias: opts}, ExtORPort: sinkExt, AuthCookieFile: cookie,
+	}))
 	if err != nil {
 		return nil, fmt.Errorf("ptcombiner-server: %w", err)
 	}
@@ -106,10 +122,10 @@ func (e *env) startCombiners(kind, pt string, hops int, sinkExt, cookie string) 
 		t.run()
 		return nil, fmt.Errorf("ptcombiner-server offered no %s: %v", alias, server.MethodErrors())
 	}
-	client, err := ptproc.Start(context.Background(), ptproc.Spec{
+	client, err := ptproc.Start(context.Background(), e.combinerSpec("ptcombiner-client", ptproc.Spec{
 		Name: "ptcombiner-client", Path: filepath.Join(e.binDir, "ptcombiner-client"), Args: flags,
-		Role: ptproc.Client, Methods: []string{alias}, StateDir: e.dir("client"), Logger: logger,
-	})
+		Role: ptproc.Client, Methods: []string{alias}, StateDir: e.dir("client"),
+	}))
 	if err != nil {
 		t.run()
 		return nil, fmt.Errorf("ptcombiner-client: %w", err)
