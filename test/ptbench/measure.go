@@ -33,7 +33,7 @@ type params struct {
 // result is what one topology measured.
 type result struct {
 	single, multi float64 // MB/s each way
-	p50, p99      time.Duration
+	p50, p90, p99 time.Duration
 	setupErrs     int
 	setupFails    failures // why they failed
 	// CPU seconds of the combiner (or relay) processes while the streams
@@ -113,9 +113,10 @@ func (t *topology) cpu() (client, server, all float64) {
 // measureGroup measures topologies that carry the same chain side by side,
 // all running at once: idle connections first, one topology after another
 // (so that the memory figure is not blurred by what the transfers left),
-// then setup latency, interleaved (one setup of each in turn, so that the
-// machine's drift weighs on all alike), then the single stream and the 8
-// streams, in rounds (each topology has the CPUs to itself while it runs).
+// then setup latency, interleaved (one setup of each in turn, each round
+// starting with the next, so that the machine's drift weighs on all
+// alike), then the single stream and the 8 streams, in rounds (each
+// topology has the CPUs to itself while it runs).
 func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([]*result, error) {
 	rs := make([]*result, len(ts))
 	for i, t := range ts {
@@ -141,7 +142,12 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 		if k%100 == 0 {
 			progress(ts[0], fmt.Sprintf("setups %d-%d of %d, interleaved", k+1, min(k+100, p.setups), p.setups))
 		}
-		for i, t := range ts {
+		for j := range ts {
+			// Each round starts with the next topology, so that none is
+			// always the one that follows another (whose connection is
+			// still closing) or the first.
+			i := (j + k) % len(ts)
+			t := ts[i]
 			if failedInARow[i] >= giveUpAfter {
 				rs[i].setupErrs++ // counted, not tried: each would wait for its timeout
 				rs[i].setupFails.addUntried(1)
@@ -174,12 +180,16 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 		if l := lat[i]; len(l) > 0 {
 			slices.Sort(l)
 			rs[i].p50 = l[len(l)/2]
+			rs[i].p90 = l[min(len(l)-1, len(l)*90/100)]
 			rs[i].p99 = l[min(len(l)-1, len(l)*99/100)]
 		}
 	}
 
 	// The streams run in rounds, each topology in turn within a round, so
 	// that a slow moment of the machine does not fall on one topology only.
+	if p.size == 0 {
+		return rs, nil
+	}
 	const rounds = 4
 	single := make([]time.Duration, len(ts))
 	multi := make([]time.Duration, len(ts))
