@@ -255,12 +255,15 @@ func closeGroup(group []*topology) {
 }
 
 func header() {
-	fmt.Printf("%-36s %8s %9s %7s %7s %7s %11s %9s %13s %9s %6s\n", "", "1 stream", "8 streams", "setup", "setup", "setup", "CPU s/GiB", "chain CPU", "RSS KiB/conn", "fds/conn", "")
-	fmt.Printf("%-36s %8s %9s %7s %7s %7s %11s %9s %13s %9s %6s\n", "topology", "MB/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "/splice c|s", "s/GiB", "c|s", "c|s", "errors")
+	fmt.Printf("%-36s %8s %9s %7s %7s %7s %11s %11s %9s %13s %9s %6s\n", "", "1 stream", "8 streams", "setup", "setup", "setup", "CPU ms", "CPU s/GiB", "chain CPU", "RSS KiB/conn", "fds/conn", "")
+	fmt.Printf("%-36s %8s %9s %7s %7s %7s %11s %11s %9s %13s %9s %6s\n", "topology", "MB/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "/setup c|s", "/splice c|s", "s/GiB", "c|s", "c|s", "errors")
 }
 
 func printRow(t *topology, r *result) {
-	cpu, all, rss, fds := "-", "-", "-", "-"
+	setupCPU, cpu, all, rss, fds := "-", "-", "-", "-", "-"
+	if t.client != 0 {
+		setupCPU = fmt.Sprintf("%.2f|%.2f", r.setupCPUClient, r.setupCPUServer)
+	}
 	if t.client != 0 && r.gib > 0 {
 		cpu = fmt.Sprintf("%.2f|%.2f", r.cpuPerSplice(r.cpuClient, t.splicesClient), r.cpuPerSplice(r.cpuServer, t.splicesServer))
 		all = fmt.Sprintf("%.2f", r.cpuAll/(r.gib/2))
@@ -269,8 +272,8 @@ func printRow(t *topology, r *result) {
 		rss = fmt.Sprintf("%.1f|%.1f", r.rssClient, r.rssServer)
 		fds = fmt.Sprintf("%.0f|%.0f", r.fdsClient, r.fdsServer)
 	}
-	fmt.Printf("%-36s %8.0f %9.0f %7.2f %7.2f %7.2f %11s %9s %13s %9s %6d\n", t.name(), r.single, r.multi,
-		ms(r.p50), ms(r.p90), ms(r.p99), cpu, all, rss, fds, r.setupErrs+r.idleErrs)
+	fmt.Printf("%-36s %8.0f %9.0f %7.2f %7.2f %7.2f %11s %11s %9s %13s %9s %6d\n", t.name(), r.single, r.multi,
+		ms(r.p50), ms(r.p90), ms(r.p99), setupCPU, cpu, all, rss, fds, r.setupErrs+r.idleErrs)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

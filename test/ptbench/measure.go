@@ -34,6 +34,10 @@ type params struct {
 type result struct {
 	single, multi float64 // MB/s each way
 	p50, p90, p99 time.Duration
+	// CPU milliseconds per setup of the combiner (or relay) processes,
+	// client and server side: the setups are interleaved, so what each
+	// topology's processes spent during them is theirs.
+	setupCPUClient, setupCPUServer float64
 	setupErrs     int
 	setupFails    failures // why they failed
 	// CPU seconds of the combiner (or relay) processes while the streams
@@ -138,6 +142,10 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 
 	lat := make([][]time.Duration, len(ts))
 	failedInARow := make([]int, len(ts))
+	cpu0 := make([][2]float64, len(ts))
+	for i, t := range ts {
+		cpu0[i][0], cpu0[i][1], _ = t.cpu()
+	}
 	for k := 0; k < p.setups; k++ {
 		if k%100 == 0 {
 			progress(ts[0], fmt.Sprintf("setups %d-%d of %d, interleaved", k+1, min(k+100, p.setups), p.setups))
@@ -174,6 +182,11 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 		}
 	}
 	for i, t := range ts {
+		if n := len(lat[i]); n > 0 {
+			c, s, _ := t.cpu()
+			rs[i].setupCPUClient = (c - cpu0[i][0]) * 1e3 / float64(n)
+			rs[i].setupCPUServer = (s - cpu0[i][1]) * 1e3 / float64(n)
+		}
 		if rs[i].setupErrs > 0 {
 			fmt.Fprintf(os.Stderr, "ptbench: %s: %d of %d setups failed:\n%s", t.name(), rs[i].setupErrs, p.setups, &rs[i].setupFails)
 		}
