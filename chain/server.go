@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ptcombiner/ptcombiner/extorport"
+	"github.com/ptcombiner/ptcombiner/internal/loopback"
 	"github.com/ptcombiner/ptcombiner/metadata"
 	"github.com/ptcombiner/ptcombiner/ptproc"
 	"github.com/ptcombiner/ptcombiner/shim"
@@ -498,11 +499,11 @@ func (s *Server) cookiePath() string {
 // and starts it pointed at them.
 func (s *Server) launch(ctx context.Context, c *serverChild) error {
 	loop := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
-	ext, err := net.ListenTCP("tcp", loop)
+	ext, err := loopback.ListenTCP(loop)
 	if err != nil {
 		return fmt.Errorf("Extended ORPort listener: %w", err)
 	}
-	or, err := net.ListenTCP("tcp", loop)
+	or, err := loopback.ListenTCP(loop)
 	if err != nil {
 		ext.Close()
 		return fmt.Errorf("ORPort listener: %w", err)
@@ -654,8 +655,7 @@ func (s *Server) forward(c *serverConn, pos int, up *net.TCPConn, ready func() e
 		return
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.opt.DialTimeout)
-	d := net.Dialer{}
-	raw, err := d.DialContext(ctx, "tcp", addr.String())
+	raw, err := loopback.Dialer(addr.String()).DialContext(ctx, "tcp", addr.String())
 	cancel()
 	if err != nil {
 		s.log.Warn("cannot reach a hop's server", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
@@ -796,8 +796,7 @@ func (s *Server) dialTor(c *serverConn) (*net.TCPConn, error) {
 	if s.opt.TorORPort == "" {
 		return nil, errors.New("tor gave neither an Extended ORPort nor an ORPort")
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", s.opt.TorORPort)
+	conn, err := loopback.Dialer(s.opt.TorORPort).DialContext(ctx, "tcp", s.opt.TorORPort)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/ptcombiner/ptcombiner/internal/loopback"
 )
 
 // maxAuthTypes bounds the auth types list a client reads: 255 non-zero types
@@ -207,8 +209,7 @@ func clientAwaitOkay(r io.Reader) error {
 // closes the connection on failure. Cancelling ctx aborts the dial and the
 // handshake.
 func Dial(ctx context.Context, addr string, cfg ClientConfig, meta Meta) (*net.TCPConn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := loopback.Dialer(addr).DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("extorport: dialing %s: %w", addr, err)
 	}

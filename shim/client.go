@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strconv"
 	"time"
+
+	"github.com/ptcombiner/ptcombiner/internal/loopback"
 )
 
 // aLongTimeAgo is a deadline in the past: setting it unblocks every pending
@@ -17,8 +19,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 // DialSOCKS5 dials the SOCKS5 server at proxyAddr over TCP and asks it, with
 // Handshake, to connect to target. It closes the connection on any failure.
 func DialSOCKS5(ctx context.Context, proxyAddr, target string, user, pass []byte) (*net.TCPConn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", proxyAddr)
+	c, err := loopback.Dialer(proxyAddr).DialContext(ctx, "tcp", proxyAddr)
 	if err != nil {
 		return nil, fmt.Errorf("socks5: dial proxy: %w", err)
 	}

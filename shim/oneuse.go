@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"sync"
+
+	"github.com/ptcombiner/ptcombiner/internal/loopback"
 )
 
 // ErrUsed is returned by a second call to OneUse.Accept.
@@ -28,7 +30,7 @@ type OneUse struct {
 // ListenOnce opens a one-use TCP listener on addr, such as "127.0.0.1:0".
 // The caller owns it: Accept or Close ends it.
 func ListenOnce(addr string) (*OneUse, error) {
-	var lc net.ListenConfig
+	lc := net.ListenConfig{KeepAlive: loopback.KeepAlive(addr)}
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("one-use listener: %w", err)

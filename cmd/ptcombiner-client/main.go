@@ -25,6 +25,7 @@ import (
 	pt "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
 
 	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/internal/loopback"
 	"github.com/ptcombiner/ptcombiner/internal/runner"
 	"github.com/ptcombiner/ptcombiner/ptproc"
 	"github.com/ptcombiner/ptcombiner/shim"
@@ -122,7 +123,7 @@ func run(c *cli.Context) error {
 			pt.CmethodError(name, ptproc.Sanitize(err.Error()))
 			continue
 		}
-		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		ln, err := loopback.ListenTCP(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
 			pt.CmethodError(name, ptproc.Sanitize("cannot listen: "+err.Error()))
 			continue

@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/internal/loopback"
 	"github.com/ptcombiner/ptcombiner/internal/runner"
 	"github.com/ptcombiner/ptcombiner/metadata"
 	"github.com/ptcombiner/ptcombiner/shim"
@@ -150,7 +151,7 @@ func listenTCP(addr string) (*net.TCPListener, error) {
 	if err != nil {
 		return nil, err
 	}
-	return net.ListenTCP("tcp", a)
+	return loopback.ListenTCP(a)
 }
 
 // serveTunnel carries every connection accepted on ln through t's chain.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ptcombiner/ptcombiner/extorport"
+	"github.com/ptcombiner/ptcombiner/internal/loopback"
 )
 
 // The helper processes ptbench runs from its own executable, so that their
@@ -55,11 +56,12 @@ func runSink(args []string) error {
 	if err != nil {
 		return err
 	}
-	plain, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	// No keepalive probes, as from the combiners (internal/loopback).
+	plain, err := loopback.ListenTCP(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		return err
 	}
-	ext, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	ext, err := loopback.ListenTCP(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,11 @@ func holdMany(e *env, n int) error {
 		return err
 	}
 	cookie := filepath.Join(e.work, "hold-cookie")
+	// What the combiners and their PTs say tells why a connection failed
+	// on their side.
+	var logs childLogs
+	e.diag = &logs
+	defer func() { e.diag = nil }()
 
 	var shards []*topology
 	defer func() {
@@ -60,10 +65,10 @@ func holdMany(e *env, n int) error {
 	for i, p := range pids {
 		before[i] = procstat.Descriptors(p)
 	}
-	conns, errs := openMany(first, probe, 16)
-	if errs > 0 {
+	conns, fails := openMany(first, probe, 16)
+	if fails.count() > 0 {
 		closeAll(conns)
-		return fmt.Errorf("%d of %d probe connections failed", errs, probe)
+		return fmt.Errorf("%d of %d probe connections failed:\n%scombiners and their PTs said:\n%s", fails.count(), probe, fails, &logs)
 	}
 	perConn := 0.0
 	for i, p := range pids {
@@ -87,17 +92,18 @@ func holdMany(e *env, n int) error {
 		rss0 += procstat.RSSKiB(t.client) + procstat.RSSKiB(t.server)
 	}
 
+	counters0 := readTCPCounters()
 	start := time.Now()
 	var all []*net.TCPConn
-	failed := 0
+	var failed failures
 	for i, t := range shards {
 		share := n / len(shards)
 		if i < n%len(shards) {
 			share++
 		}
-		got, errs := openMany(t, share, 32)
+		got, fails := openMany(t, share, 32)
 		all = append(all, got...)
-		failed += errs
+		failed.merge(fails)
 	}
 	defer closeAll(all)
 	opened := time.Since(start)
@@ -110,7 +116,7 @@ func holdMany(e *env, n int) error {
 
 	// Every held connection must still carry a byte both ways.
 	var next atomic.Int64
-	var dead atomic.Int64
+	var dead failures
 	var wg sync.WaitGroup
 	for w := 0; w < 32; w++ {
 		wg.Add(1)
@@ -125,22 +131,30 @@ func holdMany(e *env, n int) error {
 				c := all[i]
 				c.SetDeadline(time.Now().Add(30 * time.Second))
 				if _, err := c.Write([]byte{'y'}); err != nil {
-					dead.Add(1)
+					dead.add(&phaseError{"held, byte out", err})
 					continue
 				}
-				if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'y' {
-					dead.Add(1)
+				if _, err := io.ReadFull(c, b[:]); err != nil {
+					dead.add(&phaseError{"held, byte back", err})
+				} else if b[0] != 'y' {
+					dead.add(&phaseError{"held, byte back", fmt.Errorf("got %q, want 'y'", b[0])})
 				}
 			}
 		}()
 	}
 	wg.Wait()
 	fmt.Printf("  opened %d of %d in %v (%d failed); after 2 s, %d of them carried a byte both ways, %d did not\n",
-		len(all), n, opened.Round(time.Millisecond), failed, int64(len(all))-dead.Load(), dead.Load())
+		len(all), n, opened.Round(time.Millisecond), failed.count(), len(all)-dead.count(), dead.count())
+	fmt.Printf("  the kernel's TCP drop and failure counters (whole machine) while they opened: %s\n",
+		tcpCounterGrowth(counters0, readTCPCounters()))
+	if failed.count() > 0 || dead.count() > 0 {
+		fmt.Printf("  why, as the load generator saw it:\n%s%s", &failed, &dead)
+	}
+	fmt.Printf("  what the combiners and their PTs said beyond the routine (digits as N):\n%s", &logs)
 	fmt.Printf("  combiners' RSS grew by %.1f MiB: %.1f KiB per connection per hop; the busiest combiner holds %d descriptors\n",
 		float64(rss1-rss0)/1024, float64(rss1-rss0)/float64(max(len(all), 1))/2, fds)
-	if failed > 0 || dead.Load() > 0 {
-		return fmt.Errorf("holding %d connections: %d failed to open and %d died while held", n, failed, dead.Load())
+	if failed.count() > 0 || dead.count() > 0 {
+		return fmt.Errorf("holding %d connections: %d failed to open and %d died while held", n, failed.count(), dead.count())
 	}
 	return nil
 }

@@ -9,7 +9,7 @@
 //	(d) raw loopback TCP;
 //
 // single-stream throughput, aggregate throughput of 8 streams, setup latency
-// (p50, p99) to the first byte back, CPU seconds per GiB per splice point of
+// (p50, p90, p99) to the first byte back, CPU seconds per GiB per splice point of
 // the combiner (or relay) processes, and resident memory and descriptors per
 // idle chained connection. It prints a table and the ratios (a)/(c) and
 // (b)/(c) against the targets of docs/performance.md, then holds 10,000
@@ -45,13 +45,15 @@ func main() {
 		return
 	}
 	binDir := flag.String("bin", "bin", "directory holding ptcombiner-client, ptcombiner-server and testpt")
+	otherDir := flag.String("other", "", "directory holding another build of ptcombiner-client and ptcombiner-server, measured alongside (interleaved) to compare two builds in one run")
 	hopList := flag.String("hops", "1,2,3", "chain lengths to measure")
 	ptList := flag.String("pts", "test,obfs4", "PTs to chain: test (the project's test PT), obfs4 (obfs4proxy, when installed)")
-	sizeMiB := flag.Int("size", 256, "MiB each way for the single stream (the streams share as many)")
+	sizeMiB := flag.Int("size", 256, "MiB each way for the single stream (the streams share as many); 0 skips the streams and the CPU figures")
 	nStreams := flag.Int("streams", 8, "concurrent streams for the aggregate throughput")
 	setups := flag.Int("setups", 500, "connections set up one after another for the setup latency")
 	idle := flag.Int("idle", 1000, "idle chained connections held open for the memory figure")
 	hold := flag.Int("hold", 10000, "chained connections (2 hops, test PT) held at once at the end; 0 skips")
+	holdOnly := flag.Bool("hold-only", false, "only hold the -hold connections: no table")
 	refList := flag.String("ref", "loop,splice", "reference relays: loop (c: read and write through a buffer), splice (c': io.Copy)")
 	refPublic := flag.Bool("ref-public", false, "give the reference relay a public listener in front of the outermost PT, as ptcombiner-server has (with -ref splice, io.Copy's pipes take 24 descriptors per idle 3-hop connection: lower -idle or use -ref loop)")
 	verbose := flag.Bool("v", false, "show every process's log")
@@ -68,7 +70,7 @@ func main() {
 		}
 		hops = append(hops, n)
 	}
-	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle}
+	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle, holdOnly: *holdOnly}
 	refs := strings.Split(*refList, ",")
 	for _, r := range refs {
 		if r != "loop" && r != "splice" {
@@ -83,7 +85,7 @@ func main() {
 		}
 		pts = append(pts, pt)
 	}
-	if err := run(*binDir, hops, pts, refs, *refPublic, p, *hold); err != nil {
+	if err := run(*binDir, *otherDir, hops, pts, refs, *refPublic, p, *hold); err != nil {
 		fail(err)
 	}
 }
@@ -99,11 +101,19 @@ type row struct {
 	r *result
 }
 
-func run(binDir string, hops []int, pts, refs []string, refPublic bool, p params, hold int) error {
+func run(binDir, otherDir string, hops []int, pts, refs []string, refPublic bool, p params, hold int) error {
 	binDir, _ = filepath.Abs(binDir)
 	for _, b := range []string{"ptcombiner-client", "ptcombiner-server", "testpt"} {
 		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
 			return fmt.Errorf("%s not built (make build): %w", b, err)
+		}
+	}
+	if otherDir != "" {
+		otherDir, _ = filepath.Abs(otherDir)
+		for _, b := range []string{"ptcombiner-client", "ptcombiner-server"} {
+			if _, err := os.Stat(filepath.Join(otherDir, b)); err != nil {
+				return fmt.Errorf("-other: %w", err)
+			}
 		}
 	}
 	work, err := os.MkdirTemp("", "ptbench-")
@@ -128,7 +138,7 @@ func run(binDir string, hops []int, pts, refs []string, refPublic bool, p params
 		signal.Stop(interrupted) // no more sends, then the goroutine may go
 		close(interrupted)
 	}()
-	e := &env{binDir: binDir, work: work, cookie: filepath.Join(work, "cookie"), refPublic: refPublic}
+	e := &env{binDir: binDir, otherDir: otherDir, work: work, cookie: filepath.Join(work, "cookie"), refPublic: refPublic}
 	if path, err := exec.LookPath("obfs4proxy"); err == nil {
 		e.obfs4proxy = path
 	}
@@ -145,6 +155,13 @@ func run(binDir string, hops []int, pts, refs []string, refPublic bool, p params
 	}
 
 	started := time.Now()
+	if p.holdOnly {
+		if err := holdMany(e, hold); err != nil {
+			return err
+		}
+		footer(started)
+		return nil
+	}
 	if refPublic {
 		fmt.Println("The reference relays own a public listener in front of the outermost PT, as ptcombiner-server does.")
 	}
@@ -194,7 +211,16 @@ func run(binDir string, hops []int, pts, refs []string, refPublic bool, p params
 				closeGroup(group)
 				return err
 			}
-			if err := measure(append(group, t)); err != nil {
+			group = append(group, t)
+			if e.otherDir != "" {
+				t, err := e.startCombinersFrom(e.otherDir, "other", kind, pt, n, e.sinkExt, e.cookie)
+				if err != nil {
+					closeGroup(group)
+					return err
+				}
+				group = append(group, t)
+			}
+			if err := measure(group); err != nil {
 				return err
 			}
 		}
@@ -209,12 +235,17 @@ func run(binDir string, hops []int, pts, refs []string, refPublic bool, p params
 			return err
 		}
 	}
-	fmt.Printf("\n%s, %d CPUs, %s; the run took %v.\n", time.Now().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(),
-		time.Since(started).Round(time.Second))
+	footer(started)
 	if errs > 0 {
 		return fmt.Errorf("%d connections failed (the errors column)", errs)
 	}
 	return nil
+}
+
+// footer prints the date, the machine and how long the run took.
+func footer(started time.Time) {
+	fmt.Printf("\n%s, %d CPUs, %s; the run took %v.\n", time.Now().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(),
+		time.Since(started).Round(time.Second))
 }
 
 func closeGroup(group []*topology) {
@@ -224,20 +255,25 @@ func closeGroup(group []*topology) {
 }
 
 func header() {
-	fmt.Printf("%-36s %8s %9s %7s %7s %11s %9s %13s %9s %6s\n", "", "1 stream", "8 streams", "setup", "setup", "CPU s/GiB", "chain CPU", "RSS KiB/conn", "fds/conn", "")
-	fmt.Printf("%-36s %8s %9s %7s %7s %11s %9s %13s %9s %6s\n", "topology", "MB/s", "MB/s", "p50 ms", "p99 ms", "/splice c|s", "s/GiB", "c|s", "c|s", "errors")
+	fmt.Printf("%-36s %8s %9s %7s %7s %7s %11s %11s %9s %13s %9s %6s\n", "", "1 stream", "8 streams", "setup", "setup", "setup", "CPU ms", "CPU s/GiB", "chain CPU", "RSS KiB/conn", "fds/conn", "")
+	fmt.Printf("%-36s %8s %9s %7s %7s %7s %11s %11s %9s %13s %9s %6s\n", "topology", "MB/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "/setup c|s", "/splice c|s", "s/GiB", "c|s", "c|s", "errors")
 }
 
 func printRow(t *topology, r *result) {
-	cpu, all, rss, fds := "-", "-", "-", "-"
+	setupCPU, cpu, all, rss, fds := "-", "-", "-", "-", "-"
 	if t.client != 0 {
+		setupCPU = fmt.Sprintf("%.2f|%.2f", r.setupCPUClient, r.setupCPUServer)
+	}
+	if t.client != 0 && r.gib > 0 {
 		cpu = fmt.Sprintf("%.2f|%.2f", r.cpuPerSplice(r.cpuClient, t.splicesClient), r.cpuPerSplice(r.cpuServer, t.splicesServer))
 		all = fmt.Sprintf("%.2f", r.cpuAll/(r.gib/2))
+	}
+	if t.client != 0 {
 		rss = fmt.Sprintf("%.1f|%.1f", r.rssClient, r.rssServer)
 		fds = fmt.Sprintf("%.0f|%.0f", r.fdsClient, r.fdsServer)
 	}
-	fmt.Printf("%-36s %8.0f %9.0f %7.2f %7.2f %11s %9s %13s %9s %6d\n", t.name(), r.single, r.multi,
-		ms(r.p50), ms(r.p99), cpu, all, rss, fds, r.setupErrs+r.idleErrs)
+	fmt.Printf("%-36s %8.0f %9.0f %7.2f %7.2f %7.2f %11s %11s %9s %13s %9s %6d\n", t.name(), r.single, r.multi,
+		ms(r.p50), ms(r.p90), ms(r.p99), setupCPU, cpu, all, rss, fds, r.setupErrs+r.idleErrs)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -289,7 +325,11 @@ func ratios(rows []row) {
 		if c != nil {
 			single, multi = fmt.Sprintf("%.2f", ratio(a.single, c.r.single)), fmt.Sprintf("%.2f", ratio(a.multi, c.r.multi))
 		}
-		fmt.Printf("(%s) %-18s %9s %9s %13s %13s %11s %11s %17s\n", rw.t.kind, rw.t.chain(), single, multi,
+		label := rw.t.chain()
+		if rw.t.build != "" {
+			label += " (" + rw.t.build + ")"
+		}
+		fmt.Printf("(%s) %-18s %9s %9s %13s %13s %11s %11s %17s\n", rw.t.kind, label, single, multi,
 			cpu(c), cpu(c2), setup(c), setup(c2), fmt.Sprintf("%.1f|%.1f", a.rssClient/float64(h), a.rssServer/float64(h)))
 		if a.cpuAll > 0 {
 			fmt.Printf("%-22s the combiners spent %.2f of the chain's %.2f CPU s per GiB each way (%.1f%%)\n", "",

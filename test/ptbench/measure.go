@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ptcombiner/ptcombiner/internal/loopback"
 	"github.com/ptcombiner/ptcombiner/internal/procstat"
 	"github.com/ptcombiner/ptcombiner/shim"
 )
@@ -25,13 +26,20 @@ type params struct {
 	streams int
 	setups  int
 	idle    int
+	// holdOnly skips the table: only the held connections (-hold-only).
+	holdOnly bool
 }
 
 // result is what one topology measured.
 type result struct {
 	single, multi float64 // MB/s each way
-	p50, p99      time.Duration
+	p50, p90, p99 time.Duration
+	// CPU milliseconds per setup of the combiner (or relay) processes,
+	// client and server side: the setups are interleaved, so what each
+	// topology's processes spent during them is theirs.
+	setupCPUClient, setupCPUServer float64
 	setupErrs     int
+	setupFails    failures // why they failed
 	// CPU seconds of the combiner (or relay) processes while the streams
 	// ran, client and server side, and of the whole chain (PTs included).
 	cpuClient, cpuServer, cpuAll float64
@@ -51,20 +59,25 @@ func (r *result) cpuPerSplice(cpu float64, splices int) float64 {
 }
 
 // dial opens one connection through t and waits for one byte to come back
-// from the sink: the connection is then set up end to end.
+// from the sink: the connection is then set up end to end. An error is a
+// *phaseError, which says at which step it failed.
 func (t *topology) dial(ctx context.Context) (*net.TCPConn, error) {
-	var conn *net.TCPConn
-	if t.socks == "" {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", t.target)
-		if err != nil {
-			return nil, err
-		}
-		conn = c.(*net.TCPConn)
-	} else {
-		var err error
-		if conn, err = shim.DialSOCKS5(ctx, t.socks, t.target, t.user, t.pass); err != nil {
-			return nil, err
+	addr := t.target
+	if t.socks != "" {
+		addr = t.socks
+	}
+	// Like the combiners, the load generator (tor's stand-in) sends no
+	// keepalive probes on loopback: 10,000 held connections' probes would
+	// come in bursts that drop packets (internal/loopback).
+	c, err := loopback.Dialer(addr).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, &phaseError{"connect", err}
+	}
+	conn := c.(*net.TCPConn)
+	if t.socks != "" {
+		if err := shim.Handshake(ctx, conn, t.target, t.user, t.pass); err != nil {
+			conn.Close()
+			return nil, &phaseError{"SOCKS handshake", err}
 		}
 	}
 	if dl, ok := ctx.Deadline(); ok {
@@ -73,11 +86,11 @@ func (t *topology) dial(ctx context.Context) (*net.TCPConn, error) {
 	var b [1]byte
 	if _, err := conn.Write([]byte{'x'}); err != nil {
 		conn.Close()
-		return nil, err
+		return nil, &phaseError{"first byte out", err}
 	}
 	if _, err := io.ReadFull(conn, b[:]); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("first byte back: %w", err)
+		return nil, &phaseError{"first byte back", err}
 	}
 	conn.SetDeadline(time.Time{})
 	return conn, nil
@@ -104,9 +117,10 @@ func (t *topology) cpu() (client, server, all float64) {
 // measureGroup measures topologies that carry the same chain side by side,
 // all running at once: idle connections first, one topology after another
 // (so that the memory figure is not blurred by what the transfers left),
-// then setup latency, interleaved (one setup of each in turn, so that the
-// machine's drift weighs on all alike), then the single stream and the 8
-// streams, in rounds (each topology has the CPUs to itself while it runs).
+// then setup latency, interleaved (one setup of each in turn, each round
+// starting with the next, so that the machine's drift weighs on all
+// alike), then the single stream and the 8 streams, in rounds (each
+// topology has the CPUs to itself while it runs).
 func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([]*result, error) {
 	rs := make([]*result, len(ts))
 	for i, t := range ts {
@@ -128,19 +142,30 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 
 	lat := make([][]time.Duration, len(ts))
 	failedInARow := make([]int, len(ts))
+	cpu0 := make([][2]float64, len(ts))
+	for i, t := range ts {
+		cpu0[i][0], cpu0[i][1], _ = t.cpu()
+	}
 	for k := 0; k < p.setups; k++ {
 		if k%100 == 0 {
 			progress(ts[0], fmt.Sprintf("setups %d-%d of %d, interleaved", k+1, min(k+100, p.setups), p.setups))
 		}
-		for i, t := range ts {
+		for j := range ts {
+			// Each round starts with the next topology, so that none is
+			// always the one that follows another (whose connection is
+			// still closing) or the first.
+			i := (j + k) % len(ts)
+			t := ts[i]
 			if failedInARow[i] >= giveUpAfter {
 				rs[i].setupErrs++ // counted, not tried: each would wait for its timeout
+				rs[i].setupFails.addUntried(1)
 				continue
 			}
 			start := time.Now()
 			c, err := t.dialTimeout(10 * time.Second)
 			if err != nil {
 				rs[i].setupErrs++
+				rs[i].setupFails.add(err)
 				if failedInARow[i]++; failedInARow[i] == giveUpAfter {
 					fmt.Fprintf(os.Stderr, "ptbench: %s: %d setups in a row failed, the last with %v; the rest count as failed\n",
 						t.name(), giveUpAfter, err)
@@ -156,16 +181,28 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 			c.Close()
 		}
 	}
-	for i := range ts {
+	for i, t := range ts {
+		if n := len(lat[i]); n > 0 {
+			c, s, _ := t.cpu()
+			rs[i].setupCPUClient = (c - cpu0[i][0]) * 1e3 / float64(n)
+			rs[i].setupCPUServer = (s - cpu0[i][1]) * 1e3 / float64(n)
+		}
+		if rs[i].setupErrs > 0 {
+			fmt.Fprintf(os.Stderr, "ptbench: %s: %d of %d setups failed:\n%s", t.name(), rs[i].setupErrs, p.setups, &rs[i].setupFails)
+		}
 		if l := lat[i]; len(l) > 0 {
 			slices.Sort(l)
 			rs[i].p50 = l[len(l)/2]
+			rs[i].p90 = l[min(len(l)-1, len(l)*90/100)]
 			rs[i].p99 = l[min(len(l)-1, len(l)*99/100)]
 		}
 	}
 
 	// The streams run in rounds, each topology in turn within a round, so
 	// that a slow moment of the machine does not fall on one topology only.
+	if p.size == 0 {
+		return rs, nil
+	}
 	const rounds = 4
 	single := make([]time.Duration, len(ts))
 	multi := make([]time.Duration, len(ts))
@@ -205,8 +242,11 @@ func measureIdle(t *topology, r *result, n int) {
 	time.Sleep(300 * time.Millisecond)
 	rss0c, rss0s := procstat.RSSKiB(t.client), procstat.RSSKiB(t.server)
 	fd0c, fd0s := procstat.Descriptors(t.client), procstat.Descriptors(t.server)
-	conns, errs := openMany(t, n, 16)
-	r.idleErrs = errs
+	conns, fails := openMany(t, n, 16)
+	r.idleErrs = fails.count()
+	if r.idleErrs > 0 {
+		fmt.Fprintf(os.Stderr, "ptbench: %s: %d of %d idle connections failed:\n%s", t.name(), r.idleErrs, n, fails)
+	}
 	time.Sleep(500 * time.Millisecond)
 	if k := float64(len(conns)); k > 0 {
 		r.rssClient = float64(procstat.RSSKiB(t.client)-rss0c) / k
@@ -224,13 +264,13 @@ func measureIdle(t *topology, r *result, n int) {
 const giveUpAfter = 10
 
 // openMany opens n connections through t, workers at a time, and returns
-// those that worked and the number that failed. It gives up after
+// those that worked and why the others failed. It gives up after
 // giveUpAfter failures, counting the connections it did not try as failed.
-func openMany(t *topology, n, workers int) ([]*net.TCPConn, int) {
+func openMany(t *topology, n, workers int) ([]*net.TCPConn, *failures) {
 	var (
 		mu    sync.Mutex
 		conns []*net.TCPConn
-		errs  int
+		fails failures
 		next  atomic.Int64
 		wg    sync.WaitGroup
 	)
@@ -240,22 +280,22 @@ func openMany(t *topology, n, workers int) ([]*net.TCPConn, int) {
 			defer wg.Done()
 			for next.Add(1) <= int64(n) {
 				c, err := t.dialTimeout(30 * time.Second)
-				mu.Lock()
 				if err != nil {
-					errs++
+					fails.add(err)
 				} else {
+					mu.Lock()
 					conns = append(conns, c)
+					mu.Unlock()
 				}
-				stop := errs >= giveUpAfter
-				mu.Unlock()
-				if stop {
+				if fails.count() >= giveUpAfter {
 					return
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	return conns, n - len(conns)
+	fails.addUntried(n - len(conns) - fails.count())
+	return conns, &fails
 }
 
 // streams sends size bytes each way on each of n connections at once and

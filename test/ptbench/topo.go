@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
 
@@ -19,6 +20,7 @@ type topology struct {
 	kind   string // "a", "b", "c" (the reference), "c'" (the reference with splice) or "d"
 	pt     string // "test" or "obfs4"; "" for raw TCP
 	hops   int
+	build  string // for the combiners: "" (-bin) or "other" (-other)
 	socks  string // where the application connects; "" for raw TCP
 	target string // the SOCKS target (the bridge), or the sink for raw TCP
 	user   []byte // SOCKS credentials: the chain's arguments
@@ -46,6 +48,9 @@ func (t *topology) name() string {
 	case "c'":
 		return fmt.Sprintf("(c') relay, splice, %s", t.chain())
 	default:
+		if t.build != "" {
+			return fmt.Sprintf("(%s) combiners (%s build), %s", t.kind, t.build, t.chain())
+		}
 		return fmt.Sprintf("(%s) combiners, %s", t.kind, t.chain())
 	}
 }
@@ -60,6 +65,7 @@ func (t *topology) chain() string {
 // env is what every topology shares: binaries, the sink, a work directory.
 type env struct {
 	binDir     string
+	otherDir   string // -other: a second build of the combiners, measured alongside
 	obfs4proxy string
 	work       string
 	cookie     string
@@ -69,6 +75,21 @@ type env struct {
 	// refPublic gives the reference relay a public listener in front of
 	// the outermost PT, as ptcombiner-server has (-ref-public).
 	refPublic bool
+	// diag, when set, hears what the combiners say (childLogs); they then
+	// run at --log-level debug.
+	diag *childLogs
+}
+
+// combinerSpec completes the spec of a combiner process named program:
+// its logging, and the diagnostics of e.diag.
+func (e *env) combinerSpec(program string, s ptproc.Spec) ptproc.Spec {
+	s.Logger = logger
+	if e.diag != nil {
+		s.Args = append(append([]string(nil), s.Args...), "--log-level", "debug")
+		s.Logger = slog.New(e.diag.handler(program, logger.Handler()))
+		s.OnLog = e.diag.onLog(program)
+	}
+	return s
 }
 
 func (e *env) dir(name string) string {
@@ -88,15 +109,21 @@ func (e *env) ptProgram(pt string) (path string, opts metadata.Args) {
 // startCombiners runs ptcombiner-server and ptcombiner-client for a chain
 // of hops copies of pt, as a bridge's and a user's tor would.
 func (e *env) startCombiners(kind, pt string, hops int, sinkExt, cookie string) (*topology, error) {
-	t := &topology{kind: kind, pt: pt, hops: hops}
+	return e.startCombinersFrom(e.binDir, "", kind, pt, hops, sinkExt, cookie)
+}
+
+// startCombinersFrom is startCombiners with the combiners of binDir, named
+// build in the table.
+func (e *env) startCombinersFrom(binDir, build, kind, pt string, hops int, sinkExt, cookie string) (*topology, error) {
+	t := &topology{kind: kind, pt: pt, hops: hops, build: build}
 	prog, opts := e.ptProgram(pt)
 	alias := fmt.Sprintf("%s%d", pt, hops)
 	flags := []string{"--plugin", pt + "=" + prog, "--chain", alias + "=" + t.chain()}
-	server, err := ptproc.Start(context.Background(), ptproc.Spec{
-		Name: "ptcombiner-server", Path: filepath.Join(e.binDir, "ptcombiner-server"), Args: flags,
+	server, err := ptproc.Start(context.Background(), e.combinerSpec("ptcombiner-server", ptproc.Spec{
+		Name: "ptcombiner-server", Path: filepath.Join(binDir, "ptcombiner-server"), Args: flags,
 		Role: ptproc.Server, Methods: []string{alias}, StateDir: e.dir("server"),
-		Options: map[string]metadata.Args{alias: opts}, ExtORPort: sinkExt, AuthCookieFile: cookie, Logger: logger,
-	})
+		Options: map[string]metadata.Args{alias: opts}, ExtORPort: sinkExt, AuthCookieFile: cookie,
+	}))
 	if err != nil {
 		return nil, fmt.Errorf("ptcombiner-server: %w", err)
 	}
@@ -106,10 +133,10 @@ func (e *env) startCombiners(kind, pt string, hops int, sinkExt, cookie string) 
 		t.run()
 		return nil, fmt.Errorf("ptcombiner-server offered no %s: %v", alias, server.MethodErrors())
 	}
-	client, err := ptproc.Start(context.Background(), ptproc.Spec{
-		Name: "ptcombiner-client", Path: filepath.Join(e.binDir, "ptcombiner-client"), Args: flags,
-		Role: ptproc.Client, Methods: []string{alias}, StateDir: e.dir("client"), Logger: logger,
-	})
+	client, err := ptproc.Start(context.Background(), e.combinerSpec("ptcombiner-client", ptproc.Spec{
+		Name: "ptcombiner-client", Path: filepath.Join(binDir, "ptcombiner-client"), Args: flags,
+		Role: ptproc.Client, Methods: []string{alias}, StateDir: e.dir("client"),
+	}))
 	if err != nil {
 		t.run()
 		return nil, fmt.Errorf("ptcombiner-client: %w", err)
