@@ -12,16 +12,16 @@ import (
 	"time"
 )
 
-// tcpSocket is one of a process's TCP sockets, from /proc/net/tcp.
-type tcpSocket struct {
+// timerSocket is one of a process's TCP sockets with its timer, from /proc/net/tcp.
+type timerSocket struct {
 	local, remote string // hex ip:port, as /proc writes them
 	localPort     int
 	state         string // hex: 01 is ESTABLISHED
 	timer         int    // "tr": 1 a retransmission timer, 2 sk_timer (TCP keepalive's)
 }
 
-// tcpSockets lists pid's TCP sockets over IPv4 and IPv6.
-func tcpSockets(t *testing.T, pid int) []tcpSocket {
+// timerSockets lists pid's TCP sockets over IPv4 and IPv6.
+func timerSockets(t *testing.T, pid int) []timerSocket {
 	t.Helper()
 	inodes := map[string]bool{}
 	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
@@ -34,7 +34,7 @@ func tcpSockets(t *testing.T, pid int) []tcpSocket {
 			inodes[strings.TrimSuffix(inode, "]")] = true
 		}
 	}
-	var out []tcpSocket
+	var out []timerSocket
 	for _, file := range []string{"tcp", "tcp6"} {
 		f, err := os.Open(fmt.Sprintf("/proc/%d/net/%s", pid, file))
 		if err != nil {
@@ -52,7 +52,7 @@ func tcpSockets(t *testing.T, pid int) []tcpSocket {
 			port, _ := strconv.ParseInt(portHex, 16, 32)
 			trHex, _, _ := strings.Cut(fl[5], ":")
 			tr, _ := strconv.ParseInt(trHex, 16, 32)
-			out = append(out, tcpSocket{local: fl[1], remote: fl[2], localPort: int(port), state: fl[3], timer: int(tr)})
+			out = append(out, timerSocket{local: fl[1], remote: fl[2], localPort: int(port), state: fl[3], timer: int(tr)})
 		}
 		f.Close()
 	}
@@ -69,7 +69,7 @@ func probing(t *testing.T, pid, skip int) (probing []string, established int) {
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		probing, established = nil, 0
 		hidden := false
-		for _, s := range tcpSockets(t, pid) {
+		for _, s := range timerSockets(t, pid) {
 			if s.state != "01" || s.localPort == skip {
 				continue
 			}

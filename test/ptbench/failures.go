@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/ptcombiner/ptcombiner/ptproc"
+
 	"context"
 	"errors"
 	"fmt"
@@ -249,10 +251,10 @@ func (l *childLogs) add(key string) {
 }
 
 // onLog is a combiner's ptproc.Spec.OnLog.
-func (l *childLogs) onLog(program string) func(severity, message string) {
-	return func(severity, message string) {
-		if severity == "warning" || severity == "error" {
-			l.add(program + " LOG " + severity + ": " + message)
+func (l *childLogs) onLog(program string) func(severity ptproc.Severity, message string) {
+	return func(severity ptproc.Severity, message string) {
+		if severity == ptproc.SeverityWarning || severity == ptproc.SeverityError {
+			l.add(program + " LOG " + string(severity) + ": " + message)
 		}
 	}
 }
