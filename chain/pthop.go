@@ -224,9 +224,12 @@ func isTimeout(err error) bool {
 // hopPipe is the pipe between a PT's connection to its shim and the hops
 // outside; closing the hop's conn gives it the linger to drain.
 type hopPipe struct {
-	cancel context.CancelFunc
+	cancel context.CancelFunc // ends the pipe, closing both its ends
 	linger time.Duration
-	once   sync.Once
+
+	mu    sync.Mutex
+	timer *time.Timer // the linger, once the hop's conn is closed
+	ended bool
 }
 
 // startPipe pipes in, a PT's connection to its shim, to out, the hops
@@ -238,7 +241,7 @@ func (h ptHop) startPipe(in *net.TCPConn, out net.Conn) *hopPipe {
 	h.pipes.Add(1)
 	go func() {
 		defer h.pipes.Done()
-		defer cancel()
+		defer p.end()
 		pipe(ctx, in, out)
 	}()
 	return p
@@ -247,7 +250,22 @@ func (h ptHop) startPipe(in *net.TCPConn, out net.Conn) *hopPipe {
 // closed starts the linger: the pipe ends by itself when the PT closes
 // its side, and is ended when the linger is over.
 func (p *hopPipe) closed() {
-	p.once.Do(func() { time.AfterFunc(p.linger, p.cancel) })
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.ended && p.timer == nil {
+		p.timer = time.AfterFunc(p.linger, p.cancel)
+	}
+}
+
+// end releases the pipe's context and its linger timer.
+func (p *hopPipe) end() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.ended = true
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	p.cancel()
 }
 
 // ptConn is a hop's connection to its PT, granted: a transport.Conn.
