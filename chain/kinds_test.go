@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -234,5 +235,66 @@ func TestProxyRefusedForOutermost(t *testing.T) {
 				t.Errorf("proxy %s: Start(%s) = %v, want %q", proxy, name, err, w)
 			}
 		}
+	}
+}
+
+// rudePT is an unmanaged PT that connects to the target it is asked for,
+// proves that bytes flow through it (a ping echoed back), and then refuses
+// the SOCKS request, leaving its connection to the target open until the
+// test ends.
+func rudePT(t *testing.T) string {
+	t.Helper()
+	var mu sync.Mutex
+	var held []net.Conn
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	ln := listenLoopback(t)
+	serveEach(t, ln, func(c net.Conn) {
+		req, err := shim.ReadRequest(c, eventCeiling)
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", req.Target)
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		held = append(held, up)
+		mu.Unlock()
+		up.SetDeadline(time.Now().Add(eventCeiling))
+		ping := make([]byte, 4)
+		if _, err := up.Write([]byte("ping")); err == nil {
+			io.ReadFull(up, ping)
+		}
+		shim.Reject(c, shim.RepGeneralFailure)
+	})
+	return ln.Addr().String()
+}
+
+// A PT that fails after the hops outside it are up and piping is named,
+// and the pipe to it is ended at once, not at the client's Close, even
+// when the PT keeps its end open.
+func TestPTFailsAfterItsPipeIsUp(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	bridge, args := inProcessBridge(t, "obfs4")
+	rude := rudePT(t)
+	cli := clientOf(t, "ClientTransportPlugin rude socks5 "+rude+"\nClientTransportPlugin obfs4 builtin\nAlias c rude|obfs4\n", 0, "c")
+	base, _ := settle(func(usage) bool { return true })
+	for range 20 {
+		_, err := cli.Dial(context.Background(), "c", bridge, metadata.Args{"1.cert": args["0.cert"], "1.iat-mode": args["0.iat-mode"]})
+		var he *HopError
+		if !errors.As(err, &he) || he.Hop != 0 || he.ReplyCode() != shim.RepGeneralFailure ||
+			!strings.Contains(err.Error(), "hop 0 (rude, unmanaged PT at "+rude+") could not reach "+bridge+" through hop 1's shim") {
+			t.Fatalf("Dial = %v, want hop 0 named, with its general failure", err)
+		}
+	}
+	// The rude PT, in this process, holds 20 sockets of its own.
+	if after, ok := settle(func(u usage) bool { return u.goroutines <= base.goroutines && u.sockets <= base.sockets+20 }); !ok {
+		t.Errorf("after 20 failed setups: %+v, before: %+v (and the PT's 20 sockets)", after, base)
 	}
 }

@@ -240,3 +240,48 @@ func TestUnmanagedHop(t *testing.T) {
 		t.Errorf("the client started children for an unmanaged PT: %v", pids)
 	}
 }
+
+// After many connections through chains that mix in-process hops and a
+// PT child both ways, one in five failing (the bridge refuses, or the
+// outermost hop's iat-mode is bad, once the hops inside it are asked),
+// the client's goroutines and sockets come back to where they were.
+func TestMixedNoLeaks(t *testing.T) {
+	echo := plainEcho(t)
+	bridge, args := obfs4proxyBridge(t, echo, "obfs2", "obfs3", "obfs4")
+	cli := clientOf(t, "ClientTransportPlugin obfs2,obfs4 builtin\nClientTransportPlugin obfs3 exec OBFS4PROXY\nAlias c obfs2|obfs3|obfs4\n", 20*time.Second, "c")
+	badIAT := metadata.Args{"2.cert": args["2.cert"], "2.iat-mode": {"x"}}
+	one := func(i int) error {
+		target, a, fail := bridge, args, true
+		switch i % 5 {
+		case 0:
+			target = "127.0.0.1:1"
+		case 1:
+			a = badIAT
+		default:
+			fail = false
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), eventCeiling)
+		defer cancel()
+		conn, err := cli.Dial(ctx, "c", target, a)
+		if err == nil {
+			err = roundTrip(conn, 1000)
+		}
+		if (err != nil) != fail {
+			return fmt.Errorf("conn %d (meant to fail: %v): %v", i, fail, err)
+		}
+		return nil
+	}
+	one(2) // warm up
+	base, _ := settle(func(usage) bool { return true })
+	total := 200
+	if testing.Short() {
+		total = 50
+	}
+	if failures := runLoad(total, 10, one); len(failures) > 0 {
+		t.Errorf("%d of %d connections went wrong; first: %q", len(failures), total, failures[:min(5, len(failures))])
+	}
+	after, ok := settle(func(u usage) bool { return u.goroutines <= base.goroutines && u.sockets <= base.sockets })
+	if !ok {
+		t.Errorf("after %d connections: %+v, before: %+v", total, after, base)
+	}
+}
