@@ -6,8 +6,10 @@
 //	Bridge obfs3_obfs4 192.0.2.1:443 <FINGERPRINT> 1.cert=... 1.iat-mode=0
 //
 // For each chain tor asks for it offers a SOCKS5 listener (CMETHOD); each
-// SOCKS request is carried through the chain's PT programs, started once
-// each, to the bridge. See docs/client.md.
+// SOCKS request is carried through the chain's hops (PT programs started
+// once each, in-process transports, unmanaged PTs) to the bridge. The
+// engine and the SOCKS listener are package chain's; this program holds
+// the flags and tor's protocol. See docs/client.md.
 package main
 
 import (
