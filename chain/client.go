@@ -12,9 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ptcombiner/ptcombiner/metadata"
 	"github.com/ptcombiner/ptcombiner/ptproc"
 	"github.com/ptcombiner/ptcombiner/shim"
+	"github.com/ptcombiner/ptcombiner/transport"
 )
 
 // Defaults for ClientOptions' zero values.
@@ -28,16 +28,21 @@ const (
 // ClientOptions configure a Client. The zero value of every field but
 // Config and StateDir has a documented default.
 type ClientOptions struct {
-	Config   *Config
-	StateDir string // each child gets StateDir/<program>-<n>/
+	Config *Config
+	// StateDir holds each child's state (StateDir/<program>-<n>/) and the
+	// in-process transports' (StateDir/builtin/: scramblesuit's tickets).
+	StateDir string
 	// ProxyURL is tor's TOR_PT_PROXY; it is given to the programs that serve
-	// the outermost hop of a chain, and only to them.
+	// the outermost hop of a chain, and only to them; an in-process
+	// outermost hop dials through it (socks5, socks4a or http).
 	ProxyURL string
 	Logger   *slog.Logger // nil: slog.Default()
 	// SetupTimeout bounds a whole chained connection's setup: every SOCKS
-	// handshake and every shim's accept. 0: DefaultSetupTimeout.
+	// handshake, every shim's accept and every in-process handshake. 0:
+	// DefaultSetupTimeout.
 	SetupTimeout time.Duration
-	// StartTimeout bounds a child's start, up to its CMETHODS DONE.
+	// StartTimeout bounds a child's start, up to its CMETHODS DONE, and
+	// the check that an unmanaged PT's SOCKS port answers.
 	StartTimeout time.Duration
 	// Linger bounds how long inner hops may drain after the application's
 	// side of a connection has closed. 0: DefaultLinger.
@@ -56,12 +61,14 @@ type Client struct {
 
 	ctx    context.Context // ends every connection when cancelled
 	cancel context.CancelFunc
-	conns  sync.WaitGroup // every goroutine of every chained connection
+	conns  sync.WaitGroup // every setup and every pipe of every chained connection
 	sups   sync.WaitGroup // the children's supervisors
 
-	mu     sync.Mutex
-	procs  map[procKey]*procSlot
-	closed bool
+	mu       sync.Mutex
+	procs    map[procKey]*procSlot
+	builtins map[string]builtinHop // by method, started on first use
+	open     map[*Conn]struct{}    // established connections, closed by Close
+	closed   bool
 }
 
 // procKey names one child: a program, and whether it is the instance that
@@ -76,6 +83,12 @@ type procSlot struct {
 	plugin  Plugin
 	methods []string
 	sup     *supervisor
+}
+
+// builtinHop is an in-process method, started, or why it cannot start.
+type builtinHop struct {
+	dialer transport.Dialer
+	err    error
 }
 
 // NewClient returns a Client; no child runs until Start or Dial.
@@ -97,53 +110,94 @@ func NewClient(opt ClientOptions) *Client {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Client{opt: opt, log: log, ctx: ctx, cancel: cancel, procs: map[procKey]*procSlot{}}
+	return &Client{opt: opt, log: log, ctx: ctx, cancel: cancel, procs: map[procKey]*procSlot{},
+		builtins: map[string]builtinHop{}, open: map[*Conn]struct{}{}}
 }
 
-// hopKey returns the child that serves position i of ch.
-func (c *Client) hopKey(ch Chain, i int) (procKey, error) {
+// hopKey returns the child that serves position i of ch; outermost says
+// whether the position is on the network (no hop outside it).
+func (c *Client) hopKey(ch Chain, i int, outermost bool) (procKey, error) {
 	for idx, p := range c.opt.Config.Plugins {
-		for _, m := range p.Methods {
-			if m == ch.Hops[i] {
-				return procKey{plugin: idx, outer: c.opt.ProxyURL != "" && i == len(ch.Hops)-1}, nil
-			}
+		if p.Kind == ExecPlugin && contains(p.Methods, ch.Hops[i]) {
+			return procKey{plugin: idx, outer: c.opt.ProxyURL != "" && outermost && i == len(ch.Hops)-1}, nil
 		}
 	}
 	return procKey{}, fmt.Errorf("method %q is offered by no program", ch.Hops[i])
 }
 
 // Start launches, in parallel, every program the named chains need, each
-// once, with every method name they need from it. It returns, per name, nil
-// when the chain is ready, or why it cannot start. Names that are no alias
-// nor method are left out of the result: tor asks for every transport of
-// the torrc line, and unknown ones are ignored silently (pt-spec 3.2.2).
+// once, with every method name they need from it, starts their in-process
+// methods and checks that their unmanaged PTs answer. It returns, per
+// name, nil when the chain is ready, or why it cannot start. Names that
+// are no alias nor method are left out of the result: tor asks for every
+// transport of the torrc line, and unknown ones are ignored silently
+// (pt-spec 3.2.2).
 func (c *Client) Start(ctx context.Context, names []string) map[string]error {
 	result := map[string]error{}
-	need := map[procKey]map[string]bool{}
 	chains := map[string]Chain{}
+	need := map[procKey]map[string]bool{}
+	unmanaged := map[string]bool{} // SOCKS addresses
 	for _, name := range names {
 		ch, ok := c.opt.Config.Lookup(name)
 		if !ok {
 			continue
 		}
-		if err := c.opt.Config.CheckPlacement(ch); err != nil {
-			result[name] = err // refused before any program starts for it
+		if err := c.check(ch); err != nil {
+			result[name] = err // refused before anything starts for it
 			continue
 		}
 		chains[name] = ch
-		for i := range ch.Hops {
-			key, err := c.hopKey(ch, i)
-			if err != nil {
-				result[name] = err
-				break
+		for i, m := range ch.Hops {
+			switch p, _ := c.opt.Config.PluginFor(m); p.Kind { // check found it
+			case ExecPlugin:
+				key, _ := c.hopKey(ch, i, true)
+				if need[key] == nil {
+					need[key] = map[string]bool{}
+				}
+				need[key][m] = true
+			case SOCKSPlugin:
+				unmanaged[p.Addr] = true
 			}
-			if need[key] == nil {
-				need[key] = map[string]bool{}
-			}
-			need[key][ch.Hops[i]] = true
 		}
 	}
+	c.reserve(need)
+	reach := c.startAll(ctx, need, unmanaged)
+	for name, ch := range chains {
+		result[name] = c.ready(ctx, ch, reach)
+	}
+	return result
+}
+
+// check reports why ch cannot run at all: an indirect PT placed inside,
+// a hop no plugin offers, an outermost hop tor's proxy cannot reach.
+func (c *Client) check(ch Chain) error {
+	if err := c.opt.Config.CheckPlacement(ch); err != nil {
+		return err
+	}
+	if err := c.opt.Config.CheckChainFor(ch, ClientRole); err != nil {
+		return err
+	}
+	if c.opt.ProxyURL == "" {
+		return nil
+	}
+	last := len(ch.Hops) - 1
+	switch p, _ := c.opt.Config.PluginFor(ch.Hops[last]); p.Kind {
+	case SOCKSPlugin:
+		return fmt.Errorf("hop %d %q is an unmanaged PT (%s): it reaches the network its own way, so tor's proxy cannot be applied to it; as the outermost hop it would bypass the proxy (%s)",
+			last, ch.Hops[last], p.describe(), p.Source)
+	case BuiltinPlugin:
+		if _, err := upstream(c.opt.ProxyURL); err != nil {
+			return fmt.Errorf("hop %d %q (in-process): %w", last, ch.Hops[last], err)
+		}
+	}
+	return nil
+}
+
+// reserve makes a slot for every child need names, with the methods asked
+// of it in the order of its plugin line.
+func (c *Client) reserve(need map[procKey]map[string]bool) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	for key, methods := range need {
 		slot := c.procs[key]
 		if slot == nil {
@@ -156,33 +210,124 @@ func (c *Client) Start(ctx context.Context, names []string) map[string]error {
 			}
 		}
 	}
-	c.mu.Unlock()
+}
 
+// startAll starts the children of need and checks the unmanaged PTs'
+// SOCKS ports, all in parallel. A child records its own error in its
+// slot; an unreachable PT's error is returned by address.
+func (c *Client) startAll(ctx context.Context, need map[procKey]map[string]bool, unmanaged map[string]bool) map[string]error {
+	var mu sync.Mutex
+	reach := map[string]error{}
 	var wg sync.WaitGroup
 	for key := range need {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.process(ctx, key) // records its own error in the slot
-		}()
+		wg.Go(func() { c.process(ctx, key) })
+	}
+	for addr := range unmanaged {
+		wg.Go(func() {
+			err := c.reachable(ctx, addr)
+			mu.Lock()
+			reach[addr] = err
+			mu.Unlock()
+		})
 	}
 	wg.Wait()
+	return reach
+}
 
-	for name, ch := range chains {
-		if result[name] != nil {
-			continue
-		}
-		for i := range ch.Hops {
-			if _, err := c.endpoint(ctx, ch, i, false); err != nil {
-				result[name] = err
-				break
+// reachable checks that an unmanaged PT's SOCKS port accepts a TCP
+// connection, within StartTimeout.
+func (c *Client) reachable(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, c.opt.StartTimeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	conn.Close()
+	return nil
+}
+
+// ready reports why a chain that passed check cannot run now: a child
+// that did not start, an in-process method that does not exist, an
+// unmanaged PT that did not answer (reach, by address).
+func (c *Client) ready(ctx context.Context, ch Chain, reach map[string]error) error {
+	for i, m := range ch.Hops {
+		p, _ := c.opt.Config.PluginFor(m)
+		switch p.Kind {
+		case BuiltinPlugin:
+			if _, err := c.builtin(m); err != nil {
+				return fmt.Errorf("hop %d %q (in-process): %w", i, m, err)
+			}
+		case SOCKSPlugin:
+			if err := reach[p.Addr]; err != nil {
+				return fmt.Errorf("hop %d %q: the unmanaged PT at %s (%s) does not answer: %w", i, m, p.Addr, p.Source, err)
+			}
+		default:
+			key, _ := c.hopKey(ch, i, true)
+			if _, err := c.endpoint(ctx, key, m, false); err != nil {
+				return err
 			}
 		}
-		if _, done := result[name]; !done {
-			result[name] = nil
-		}
 	}
-	return result
+	return nil
+}
+
+// hop returns the dialer that serves position i of ch, starting what it
+// needs; outermost says whether the position is on the network.
+func (c *Client) hop(ctx context.Context, ch Chain, i int, outermost bool) (hop, error) {
+	m := ch.Hops[i]
+	p, ok := c.opt.Config.PluginFor(m)
+	if !ok {
+		return hop{}, fmt.Errorf("method %q is offered by no program", m)
+	}
+	switch p.Kind {
+	case BuiltinPlugin:
+		d, err := c.builtin(m)
+		return hop{Dialer: d, method: m, program: "in-process"}, err
+	case SOCKSPlugin:
+		return hop{Dialer: c.ptHop(p.Addr), method: m, program: "unmanaged PT", pt: true}, nil
+	}
+	key, err := c.hopKey(ch, i, outermost)
+	if err != nil {
+		return hop{}, err
+	}
+	addr, err := c.endpoint(ctx, key, m, true)
+	if err != nil {
+		return hop{}, err
+	}
+	return hop{Dialer: c.ptHop(addr.String()), method: m, program: p.Path, pt: true}, nil
+}
+
+func (c *Client) ptHop(proxy string) ptHop {
+	return ptHop{proxy: proxy, life: c.ctx, pipes: &c.conns, linger: c.opt.Linger}
+}
+
+// builtin returns the dialer of an in-process method, starting it the
+// first time (scramblesuit keeps its tickets in StateDir/builtin).
+func (c *Client) builtin(method string) (transport.Dialer, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, ok := c.builtins[method]
+	if !ok {
+		var started transport.Client
+		started, b.err = transport.BuiltinClient().Start(c.ctx, transport.ClientConfig{
+			Methods: []string{method}, StateDir: filepath.Join(c.opt.StateDir, "builtin")})
+		if b.err == nil {
+			b.dialer = started.Dialers()[method]
+		}
+		c.builtins[method] = b
+	}
+	return b.dialer, b.err
+}
+
+// network is what an in-process outermost hop dials: tor's proxy when
+// there is one, else the network directly.
+func (c *Client) network() (transport.DialFunc, error) {
+	if c.opt.ProxyURL == "" {
+		return transport.Direct, nil
+	}
+	return upstream(c.opt.ProxyURL)
 }
 
 // process returns the running child for key, starting it the first time.
@@ -241,13 +386,10 @@ func (c *Client) process(ctx context.Context, key procKey) (*ptproc.Process, err
 	return sup.Start(ctx, &c.sups) // ctx, or Close, aborts a hanging start
 }
 
-// endpoint returns the SOCKS address of the method serving hop i of ch.
-func (c *Client) endpoint(ctx context.Context, ch Chain, i int, launch bool) (*net.TCPAddr, error) {
-	key, err := c.hopKey(ch, i)
-	if err != nil {
-		return nil, err
-	}
+// endpoint returns the SOCKS address of method in the child key.
+func (c *Client) endpoint(ctx context.Context, key procKey, method string, launch bool) (*net.TCPAddr, error) {
 	var p *ptproc.Process
+	var err error
 	if launch {
 		p, err = c.process(ctx, key)
 	} else {
@@ -267,16 +409,16 @@ func (c *Client) endpoint(ctx context.Context, ch Chain, i int, launch bool) (*n
 	if err != nil {
 		return nil, err
 	}
-	m, ok := p.Methods()[ch.Hops[i]]
+	m, ok := p.Methods()[method]
 	if !ok {
 		why := "the program does not offer it"
-		if e, ok := p.MethodErrors()[ch.Hops[i]]; ok {
+		if e, ok := p.MethodErrors()[method]; ok {
 			why = "the program says: " + e
 		}
-		return nil, fmt.Errorf("method %q: %s", ch.Hops[i], why)
+		return nil, fmt.Errorf("method %q: %s", method, why)
 	}
 	if m.Protocol != "socks5" {
-		return nil, fmt.Errorf("method %q speaks %s; only socks5 is supported", ch.Hops[i], m.Protocol)
+		return nil, fmt.Errorf("method %q speaks %s; only socks5 is supported", method, m.Protocol)
 	}
 	return m.Addr, nil
 }
@@ -287,12 +429,14 @@ type HopError struct {
 	Alias  string
 	Hop    int    // 0 is innermost; -1 when no hop is to blame (bad arguments)
 	Method string // the hop's method
-	// Program is the PT program serving the hop, and Proxy its SOCKS
-	// address; both are empty when the hop failed before it was asked.
+	// Program is what serves the hop: the PT program, "unmanaged PT" or
+	// "in-process"; Proxy is a PT's SOCKS address. Both are empty when the
+	// hop failed before it was asked.
 	Program, Proxy string
 	// Target is what the hop was asked to reach: Bridge, the chain's
-	// destination, for the outermost hop, the next hop's shim for the
-	// others.
+	// destination, for the outermost hop and for in-process hops (which
+	// reach it through the next hop's connection), the next hop's shim
+	// for a PT inside another hop.
 	Target, Bridge string
 	Err            error
 }
@@ -301,8 +445,10 @@ func (e *HopError) Error() string {
 	switch {
 	case e.Hop < 0:
 		return fmt.Sprintf("chain %s: %v", e.Alias, e.Err)
-	case e.Proxy == "":
+	case e.Program == "":
 		return fmt.Sprintf("chain %s: hop %d (%s): %v", e.Alias, e.Hop, e.Method, e.Err)
+	case e.Proxy == "":
+		return fmt.Sprintf("chain %s: hop %d (%s, %s): %v", e.Alias, e.Hop, e.Method, e.Program, e.Err)
 	case e.Target == e.Bridge:
 		return fmt.Sprintf("chain %s: hop %d (%s, %s at %s) could not reach %s: %v",
 			e.Alias, e.Hop, e.Method, e.Program, e.Proxy, e.Target, e.Err)
@@ -317,244 +463,6 @@ func (e *HopError) Unwrap() error { return e.Err }
 // ReplyCode is the SOCKS5 reply that tells the application what failed.
 func (e *HopError) ReplyCode() byte { return shim.ReplyCodeFor(e.Err) }
 
-// Conn is an established chained connection: its *net.TCPConn is the
-// connection to the innermost PT, whose SOCKS request was granted. Close it
-// (after use or after shim.Pipe) to release the chain's shims.
-type Conn struct {
-	*net.TCPConn
-	release func()
-	once    sync.Once
-}
-
-// Close closes the connection to the innermost PT and lets the inner hops
-// drain for at most the Client's Linger before they are closed.
-func (c *Conn) Close() error {
-	err := c.TCPConn.Close()
-	c.once.Do(c.release)
-	return err
-}
-
-// hopPlan is one hop of a connection being set up: the PT asked, and what
-// it is asked to reach.
-type hopPlan struct {
-	method, program string
-	proxy           string // the PT's SOCKS address
-	user, pass      []byte // its arguments, split as tor splits them
-	target          string // the next hop's shim, or the bridge
-}
-
-// hopResult is what shim i reports once its hop is set up or has failed.
-type hopResult struct {
-	shim     int  // 1..n-1; 0 in an empty slot: no report
-	accepted bool // hop shim-1 connected to the shim
-	// err: when accepted, why hop shim's SOCKS request failed; otherwise
-	// why hop shim-1 never connected. Nil when the hop is set up.
-	err error
-	// abandoned: err is only the setup's cancellation, because another
-	// hop failed first, the caller gave up or the client is closing.
-	abandoned bool
-}
-
-// Dial sets up one connection through the chain named name to target (the
-// bridge), with args in tor's per-connection form (N.key for hop N only).
-// Cancelling ctx abandons the setup; it does not end an established
-// connection.
-func (c *Client) Dial(ctx context.Context, name, target string, args metadata.Args) (*Conn, error) {
-	start := time.Now()
-	ch, ok := c.opt.Config.Lookup(name)
-	if !ok {
-		return nil, &HopError{Alias: name, Hop: -1, Err: errors.New("no such chain")}
-	}
-	if err := c.opt.Config.CheckPlacement(ch); err != nil {
-		return nil, &HopError{Alias: name, Hop: -1, Err: err}
-	}
-	hops, err := c.planHops(ctx, ch, args)
-	if err != nil {
-		return nil, err
-	}
-	n := len(hops)
-
-	// The connection's lifetime: cancelled by Conn.Close after the linger,
-	// by a failed setup, or by Client.Close.
-	life, endLife := context.WithCancel(c.ctx)
-	setup, endSetup := context.WithTimeout(life, c.opt.SetupTimeout)
-	stopCaller := context.AfterFunc(ctx, endSetup)
-	defer stopCaller()
-	if err := c.enter(); err != nil {
-		endSetup()
-		endLife()
-		return nil, &HopError{Alias: name, Hop: -1, Err: err}
-	}
-	var group sync.WaitGroup
-	fail := func() {
-		endSetup()
-		endLife()
-		group.Wait()
-		c.conns.Done()
-	}
-
-	// Shims in reverse order: shim i forwards what hop i-1 sends it into hop i.
-	shims := make([]*shim.OneUse, n)
-	for i := n - 1; i >= 1; i-- {
-		l, err := shim.ListenOnce(shimListenAddr)
-		if err != nil {
-			for _, s := range shims[i+1:] {
-				s.Close()
-			}
-			fail()
-			return nil, &HopError{Alias: name, Hop: i, Method: ch.Hops[i], Err: fmt.Errorf("shim listener: %w", err)}
-		}
-		shims[i] = l
-	}
-	for i := range hops {
-		hops[i].target = target
-		if i < n-1 {
-			hops[i].target = shims[i+1].Addr().String()
-		}
-	}
-	results := make(chan hopResult, n)
-	for i := 1; i < n; i++ {
-		group.Add(1)
-		go func() {
-			defer group.Done()
-			c.runShim(setup, life, shims[i], i, hops[i], start, results)
-		}()
-	}
-	conn0, err := shim.DialSOCKS5(setup, hops[0].proxy, hops[0].target, hops[0].user, hops[0].pass)
-	if err != nil {
-		err = withElapsed(err, start)
-	}
-	reports := collect(setup, n, err != nil, results)
-	rootHop, rootErr := blame(err, reports)
-	if rootErr == nil && !allSetUp(reports) {
-		rootHop, rootErr = 0, errors.New("setup abandoned") // explained by abandoned below
-	}
-	if rootErr != nil {
-		if conn0 != nil {
-			conn0.Close()
-		}
-		for _, s := range shims[1:] {
-			s.Close()
-		}
-		fail()
-		if cause := c.abandoned(ctx, start); cause != nil {
-			return nil, &HopError{Alias: name, Hop: -1, Err: cause}
-		}
-		h := hops[rootHop]
-		return nil, &HopError{Alias: name, Hop: rootHop, Method: h.method, Program: h.program, Proxy: h.proxy,
-			Target: h.target, Bridge: target, Err: rootErr}
-	}
-	release := func() {
-		go func() {
-			t := time.AfterFunc(c.opt.Linger, endLife)
-			group.Wait()
-			t.Stop()
-			endSetup()
-			endLife()
-			c.conns.Done()
-		}()
-	}
-	return &Conn{TCPConn: conn0, release: release}, nil
-}
-
-// planHops finds the PT serving each hop of ch, starting it if need be,
-// and its arguments.
-func (c *Client) planHops(ctx context.Context, ch Chain, args metadata.Args) ([]hopPlan, error) {
-	perHop, err := metadata.SplitHops(args, len(ch.Hops))
-	if err != nil {
-		return nil, &HopError{Alias: ch.Alias, Hop: -1, Err: err}
-	}
-	hops := make([]hopPlan, len(ch.Hops))
-	for i, m := range ch.Hops {
-		addr, err := c.endpoint(ctx, ch, i, true)
-		if err != nil {
-			return nil, &HopError{Alias: ch.Alias, Hop: i, Method: m, Err: err}
-		}
-		user, pass, err := metadata.SOCKS5Credentials(metadata.EncodeClientArgs(perHop[i]))
-		if err != nil {
-			return nil, &HopError{Alias: ch.Alias, Hop: i, Method: m, Err: err}
-		}
-		p, _ := c.opt.Config.PluginFor(m) // endpoint found it
-		hops[i] = hopPlan{method: m, program: p.Path, proxy: addr.String(), user: user, pass: pass}
-	}
-	return hops, nil
-}
-
-// collect gathers the reports of a connection's n-1 shims, indexed by shim.
-// Every shim reports within the setup's bound, but once a hop has failed
-// (hop 0 when failed0) while the setup still runs, the shims waiting for a
-// connection that will never come are not waited for: the others get a
-// moment to report a failure further out. A shim whose hop failed reports
-// before it closes its connection from the hop before, so a failure
-// further out is normally in before its consequences.
-func collect(setup context.Context, n int, failed0 bool, results <-chan hopResult) []hopResult {
-	reports := make([]hopResult, n)
-	var timer *time.Timer
-	var grace <-chan time.Time // nil: no failure yet, or the setup is over
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	failed := func() {
-		if timer == nil && setup.Err() == nil {
-			timer = time.NewTimer(250 * time.Millisecond)
-			grace = timer.C
-		}
-	}
-	if failed0 {
-		failed()
-	}
-	for got := 0; got < n-1; got++ {
-		select {
-		case r := <-results:
-			reports[r.shim] = r
-			if r.err != nil && !r.abandoned {
-				failed()
-			}
-		case <-grace:
-			return reports
-		}
-	}
-	return reports
-}
-
-// blame returns the hop that caused a failed setup, and its error, or -1
-// and nil when every hop succeeded. A hop failing makes the hops inside it
-// fail too, so the outermost failure is the cause; but only among the hops
-// that were asked: hop 0 always is, hop i once hop i-1 connected to shim i.
-// A hop whose shim never got its connection failed as a consequence of the
-// hop before, which is the one to name.
-func blame(err0 error, reports []hopResult) (int, error) {
-	root, rootErr := -1, error(nil)
-	if err0 != nil {
-		root, rootErr = 0, err0
-	}
-	for i := 1; i < len(reports); i++ {
-		r := reports[i]
-		hop, asked := i, r.accepted
-		if !r.accepted {
-			hop, asked = i-1, i-1 == 0 || reports[i-1].accepted
-		}
-		// For one hop, that it never connected to the next shim says more
-		// than its own SOCKS exchange, which timed out waiting for it.
-		if r.err != nil && !r.abandoned && asked && (hop > root || hop == root && !r.accepted) {
-			root, rootErr = hop, r.err
-		}
-	}
-	return root, rootErr
-}
-
-// allSetUp reports whether every shim reported its hop set up.
-func allSetUp(reports []hopResult) bool {
-	for _, r := range reports[1:] {
-		if r.shim == 0 || !r.accepted || r.err != nil {
-			return false
-		}
-	}
-	return true
-}
-
 // abandoned says why a setup ended early when the hops are not to blame:
 // the caller's ctx was cancelled, or the client is closing.
 func (c *Client) abandoned(ctx context.Context, start time.Time) error {
@@ -567,41 +475,12 @@ func (c *Client) abandoned(ctx context.Context, start time.Time) error {
 	return nil
 }
 
-// withElapsed adds how long a hop was waited for to a timeout.
+// withElapsed adds how long a PT was waited for to a timeout.
 func withElapsed(err error, start time.Time) error {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+	if isTimeout(err) {
 		return fmt.Errorf("no SOCKS reply in %v: %w", time.Since(start).Round(time.Millisecond), err)
 	}
 	return err
-}
-
-// runShim is shim i: it accepts hop i-1's one connection, asks hop i to
-// connect to its target, reports the outcome, and then pipes.
-func (c *Client) runShim(setup, life context.Context, l *shim.OneUse, i int, h hopPlan, start time.Time, results chan<- hopResult) {
-	// Cancelled (not expired): another hop failed, or the caller or the
-	// client ended the setup.
-	abandoned := func() bool { return setup.Err() != nil && !errors.Is(setup.Err(), context.DeadlineExceeded) }
-	in, err := l.Accept(setup)
-	if err != nil {
-		r := hopResult{shim: i, err: fmt.Errorf("shim: %w", err), abandoned: abandoned()}
-		// The listener's deadline is the setup's, and may fire first.
-		if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
-			r.err = fmt.Errorf("it never connected to that shim in %v (a PT that does not connect to the address it is given must be the last hop, see docs/client.md): %w",
-				time.Since(start).Round(time.Millisecond), context.DeadlineExceeded)
-		}
-		results <- r
-		return
-	}
-	out, err := shim.DialSOCKS5(setup, h.proxy, h.target, h.user, h.pass)
-	if err != nil {
-		// Report before closing in: hop i-1 fails when in closes, and
-		// Dial's collect must find this report when it does.
-		results <- hopResult{shim: i, accepted: true, err: withElapsed(err, start), abandoned: abandoned()}
-		in.Close()
-		return
-	}
-	results <- hopResult{shim: i, accepted: true}
-	shim.Pipe(life, in, out)
 }
 
 // enter registers a connection unless the client is closed.
@@ -615,7 +494,26 @@ func (c *Client) enter() error {
 	return nil
 }
 
+// track registers an established connection, for Close to end, unless the
+// client closed meanwhile.
+func (c *Client) track(conn *Conn) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errors.New("client is closed")
+	}
+	c.open[conn] = struct{}{}
+	return nil
+}
+
+func (c *Client) untrack(conn *Conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.open, conn)
+}
+
 // Close ends every chained connection and every child, and waits for them.
+// The in-process transports hold nothing beyond their connections.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -624,8 +522,13 @@ func (c *Client) Close() error {
 	}
 	c.closed = true
 	procs := c.procs
+	open := c.open
+	c.open = map[*Conn]struct{}{}
 	c.mu.Unlock()
 	c.cancel()
+	for conn := range open {
+		conn.inner.Close()
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, len(procs))
 	for _, slot := range procs {

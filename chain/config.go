@@ -580,9 +580,14 @@ func equal(a, b []string) bool {
 	return true
 }
 
-// CheckChain reports why ch cannot run with this configuration: a hop whose
-// method no program offers.
-func (c *Config) CheckChain(ch Chain) error {
+// CheckChain reports why ch cannot run on the server with this
+// configuration: CheckChainFor(ch, ServerRole).
+func (c *Config) CheckChain(ch Chain) error { return c.CheckChainFor(ch, ServerRole) }
+
+// CheckChainFor reports why ch cannot run for role with this
+// configuration: a hop whose method no plugin offers, or one of a kind
+// that role's engine does not run.
+func (c *Config) CheckChainFor(ch Chain, role Role) error {
 	var errs []error
 	for i, m := range ch.Hops {
 		p, ok := c.PluginFor(m)
@@ -590,9 +595,16 @@ func (c *Config) CheckChain(ch Chain) error {
 			errs = append(errs, fmt.Errorf("hop %d %q is offered by no program; add --plugin %s=PATH", i, m, m))
 			continue
 		}
-		if p.Kind != ExecPlugin { // until the engines run hops through package transport
+		if !p.Kind.runsOn(role) {
 			errs = append(errs, fmt.Errorf("hop %d %q: %s hops are not supported by this engine yet", i, m, p.Kind))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// runsOn reports whether role's engine runs hops of kind k: the client
+// runs every kind; the server, until it runs hops through package
+// transport, only programs.
+func (k PluginKind) runsOn(role Role) bool {
+	return role == ClientRole || k == ExecPlugin
 }

@@ -6,19 +6,19 @@
 //	Bridge obfs3_obfs4 192.0.2.1:443 <FINGERPRINT> 1.cert=... 1.iat-mode=0
 //
 // For each chain tor asks for it offers a SOCKS5 listener (CMETHOD); each
-// SOCKS request is carried through the chain's PT programs, started once
-// each, to the bridge. See docs/client.md.
+// SOCKS request is carried through the chain's hops (PT programs started
+// once each, in-process transports, unmanaged PTs) to the bridge. The
+// engine and the SOCKS listener are package chain's; this program holds
+// the flags and tor's protocol. See docs/client.md.
 package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -28,7 +28,6 @@ import (
 	"github.com/ptcombiner/ptcombiner/internal/loopback"
 	"github.com/ptcombiner/ptcombiner/internal/runner"
 	"github.com/ptcombiner/ptcombiner/ptproc"
-	"github.com/ptcombiner/ptcombiner/shim"
 )
 
 func main() {
@@ -114,9 +113,9 @@ func run(c *cli.Context) error {
 		pt.ProxyDone()
 	}
 
-	life, endLife := context.WithCancel(context.Background())
-	defer endLife()
-	srv := &server{ctx: life, client: client, log: log, socksTimeout: c.Duration("socks-timeout"), maxConns: int64(c.Int("max-conns"))}
+	srv := &chain.SOCKSServer{Client: client, Logger: log,
+		RequestTimeout: c.Duration("socks-timeout"), MaxConns: c.Int("max-conns")}
+	var serving sync.WaitGroup
 	for _, name := range names {
 		if err := results[name]; err != nil {
 			log.Warn("chain cannot start", "chain", name, "err", err)
@@ -128,127 +127,28 @@ func run(c *cli.Context) error {
 			pt.CmethodError(name, ptproc.Sanitize("cannot listen: "+err.Error()))
 			continue
 		}
-		srv.serve(name, ln)
+		serving.Go(func() { srv.Serve(ln, name) })
 		pt.Cmethod(name, "socks5", ln.Addr())
 	}
 	pt.CmethodsDone()
+	serveUntilEnd(monitor, log, srv, client)
+	serving.Wait()
+	return nil
+}
 
+// serveUntilEnd lets srv carry connections until the monitor says to end:
+// at once on exit; on a drain (the first SIGINT) once the open connections
+// have ended, or at exit. Then it ends every connection and child.
+func serveUntilEnd(monitor *runner.Monitor, log *slog.Logger, srv *chain.SOCKSServer, client *chain.Client) {
 	select {
 	case <-monitor.Exit():
 	case <-monitor.Drain():
 		log.Info("draining", "reason", monitor.Why())
-		srv.closeListeners()
-		done := make(chan struct{})
-		go func() { srv.wait(); close(done) }()
-		select {
-		case <-done:
-		case <-monitor.Exit():
-		}
+		exit, cancel := monitor.ExitContext()
+		srv.Shutdown(exit)
+		cancel()
 	}
 	log.Info("exiting", "reason", monitor.Why())
-	srv.closeListeners()
-	endLife()
+	srv.Close()
 	client.Close() // ends every connection and child
-	srv.wait()
-	return nil
 }
-
-// server accepts SOCKS connections for the chains and carries each through
-// its chain.
-type server struct {
-	ctx          context.Context // cancelled when the program ends
-	client       *chain.Client
-	log          *slog.Logger
-	socksTimeout time.Duration
-	maxConns     int64 // 0: no cap
-
-	open    atomic.Int64
-	capWarn atomic.Bool
-
-	mu        sync.Mutex
-	listeners []*net.TCPListener
-	conns     sync.WaitGroup
-}
-
-// serve accepts SOCKS connections for alias on ln.
-func (s *server) serve(alias string, ln *net.TCPListener) {
-	s.acceptLoop(ln, "chain "+alias, func(conn *net.TCPConn) { s.handle(alias, conn) })
-}
-
-// acceptLoop runs handle for every connection on ln, each in its own
-// goroutine, until ln is closed.
-func (s *server) acceptLoop(ln *net.TCPListener, what string, handle func(*net.TCPConn)) {
-	s.mu.Lock()
-	s.listeners = append(s.listeners, ln)
-	s.mu.Unlock()
-	s.conns.Add(1)
-	go func() {
-		defer s.conns.Done()
-		for {
-			conn, err := ln.AcceptTCP()
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				s.log.Warn("accept", "listener", what, "err", err)
-				time.Sleep(50 * time.Millisecond) // e.g. EMFILE: do not spin
-				continue
-			}
-			s.conns.Add(1)
-			go func() {
-				defer s.conns.Done()
-				handle(conn)
-			}()
-		}
-	}()
-}
-
-func (s *server) handle(alias string, conn *net.TCPConn) {
-	defer conn.Close()
-	if s.maxConns > 0 {
-		if n := s.open.Add(1); n > s.maxConns {
-			s.open.Add(-1)
-			if s.capWarn.CompareAndSwap(false, true) {
-				s.log.Warn("connection cap reached: closing new connections", "max_conns", s.maxConns)
-			}
-			return
-		}
-		defer s.open.Add(-1)
-	}
-	stop := context.AfterFunc(s.ctx, func() { conn.Close() }) // ends a pending handshake at exit
-	defer stop()
-	req, err := shim.ReadRequest(conn, s.socksTimeout)
-	if err != nil {
-		s.log.Info("bad SOCKS request", "chain", alias, "err", err)
-		return
-	}
-	ctx := s.ctx
-	cc, err := s.client.Dial(ctx, alias, req.Target, req.Args)
-	if err != nil {
-		code := shim.ReplyCodeFor(err)
-		var he *chain.HopError
-		if errors.As(err, &he) {
-			code = he.ReplyCode()
-		}
-		s.log.Warn("chained connection failed", "err", err, "socks_reply", code)
-		shim.Reject(conn, code)
-		return
-	}
-	defer cc.Close()
-	if err := shim.Grant(conn); err != nil {
-		return
-	}
-	if _, _, err := shim.Pipe(ctx, conn, cc.TCPConn); err != nil {
-		s.log.Debug("connection ended", "chain", alias, "err", err)
-	}
-}
-
-func (s *server) closeListeners() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, ln := range s.listeners {
-		ln.Close()
-	}
-}
-
-func (s *server) wait() { s.conns.Wait() }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/urfave/cli/v2"
 
@@ -14,7 +15,6 @@ import (
 	"github.com/ptcombiner/ptcombiner/internal/loopback"
 	"github.com/ptcombiner/ptcombiner/internal/runner"
 	"github.com/ptcombiner/ptcombiner/metadata"
-	"github.com/ptcombiner/ptcombiner/shim"
 )
 
 // tunnel is a plain TCP listener whose connections go through a chain to a
@@ -106,43 +106,29 @@ func runStandalone(c *cli.Context) error {
 		return err
 	}
 
-	life, endLife := context.WithCancel(context.Background())
-	defer endLife()
-	srv := &server{ctx: life, client: client, log: log, socksTimeout: c.Duration("socks-timeout"), maxConns: int64(c.Int("max-conns"))}
+	srv := &chain.SOCKSServer{Client: client, Logger: log,
+		RequestTimeout: c.Duration("socks-timeout"), MaxConns: c.Int("max-conns")}
+	var serving sync.WaitGroup
+	defer serving.Wait()
 	for alias, addr := range listens {
 		ln, err := listenTCP(addr)
 		if err != nil {
-			srv.closeListeners()
+			srv.Close()
 			return fmt.Errorf("--listen %s: %w", alias, err)
 		}
-		srv.serve(alias, ln)
+		serving.Go(func() { srv.Serve(ln, alias) })
 		fmt.Printf("SOCKS5 %s %s\n", alias, ln.Addr())
 	}
 	for _, t := range tunnels {
 		ln, err := listenTCP(t.listen)
 		if err != nil {
-			srv.closeListeners()
+			srv.Close()
 			return fmt.Errorf("--tunnel %s: %w", t.listen, err)
 		}
-		srv.serveTunnel(t, ln)
+		serving.Go(func() { srv.ServeTunnel(ln, t.alias, t.bridge, t.args) })
 		fmt.Printf("TUNNEL %s %s -> %s\n", t.alias, ln.Addr(), t.bridge)
 	}
-	select {
-	case <-monitor.Exit():
-	case <-monitor.Drain():
-		srv.closeListeners()
-		done := make(chan struct{})
-		go func() { srv.wait(); close(done) }()
-		select {
-		case <-done:
-		case <-monitor.Exit():
-		}
-	}
-	log.Info("exiting", "reason", monitor.Why())
-	srv.closeListeners()
-	endLife()
-	client.Close()
-	srv.wait()
+	serveUntilEnd(monitor, log, srv, client)
 	return nil
 }
 
@@ -152,20 +138,4 @@ func listenTCP(addr string) (*net.TCPListener, error) {
 		return nil, err
 	}
 	return loopback.ListenTCP(a)
-}
-
-// serveTunnel carries every connection accepted on ln through t's chain.
-func (s *server) serveTunnel(t tunnel, ln *net.TCPListener) {
-	s.acceptLoop(ln, "tunnel "+t.listen, func(conn *net.TCPConn) {
-		defer conn.Close()
-		stop := context.AfterFunc(s.ctx, func() { conn.Close() })
-		defer stop()
-		cc, err := s.client.Dial(s.ctx, t.alias, t.bridge, t.args)
-		if err != nil {
-			s.log.Warn("chained connection failed", "err", err)
-			return
-		}
-		defer cc.Close()
-		shim.Pipe(s.ctx, conn, cc.TCPConn)
-	})
 }
