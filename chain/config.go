@@ -585,13 +585,8 @@ func equal(a, b []string) bool {
 func (c *Config) CheckChain(ch Chain) error {
 	var errs []error
 	for i, m := range ch.Hops {
-		p, ok := c.PluginFor(m)
-		if !ok {
+		if _, ok := c.PluginFor(m); !ok {
 			errs = append(errs, fmt.Errorf("hop %d %q is offered by no program; add --plugin %s=PATH", i, m, m))
-			continue
-		}
-		if p.Kind != ExecPlugin { // until the engines run hops through package transport
-			errs = append(errs, fmt.Errorf("hop %d %q: %s hops are not supported by this engine yet", i, m, p.Kind))
 		}
 	}
 	return errors.Join(errs...)
