@@ -765,10 +765,14 @@ func (s *Server) next(c *serverConn, pos int, conn net.Conn, ready func() error)
 
 // unwrap runs position pos's in-process server on conn and returns the
 // stream inside it. The handshake needs the client's bytes, so a child that
-// handed conn over hears OKAY first.
+// handed conn over hears OKAY first. When it fails, the client's
+// connection is closed too: a child outside might only half-close it (the
+// transport's close may reach the child as a reset, with the client's
+// bytes unread) and leave the client waiting.
 func (s *Server) unwrap(c *serverConn, pos int, conn net.Conn, ready func() error) (net.Conn, bool) {
 	if ready != nil && ready() != nil {
 		conn.Close()
+		c.public.Close()
 		return nil, false
 	}
 	hop := c.chain.hops[pos]
@@ -779,6 +783,7 @@ func (s *Server) unwrap(c *serverConn, pos int, conn net.Conn, ready func() erro
 		// A prober, or a client that gave up: the transport answered as
 		// its own program would have.
 		s.log.Debug("an in-process hop's handshake failed", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
+		c.public.Close()
 		return nil, false
 	}
 	return inner, true
