@@ -3,7 +3,6 @@ package chain
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -66,6 +65,19 @@ func (it *idTor) serve(c net.Conn, cookie []byte) {
 	}
 	c.Write([]byte(line))
 	io.Copy(c, br)
+}
+
+// checkAll checks that every one of total connections went through and
+// reached tor attributed to its own client.
+func (it *idTor) checkAll(t *testing.T, total int, failures []string) {
+	t.Helper()
+	t.Log(it.summary())
+	if len(failures) > 0 {
+		t.Errorf("%d of %d connections failed; first: %q", len(failures), total, failures[:min(5, len(failures))])
+	}
+	if it.misattributed.Load()+it.broken.Load() > 0 || it.streams.Load() != int64(total) {
+		t.Errorf("want %d streams, all attributed: %s", total, it.summary())
+	}
 }
 
 func (it *idTor) summary() string {
@@ -138,13 +150,17 @@ func (c *testptConn) idLine() string { return "ID " + c.conn.LocalAddr().String(
 
 // echo sends prefix and size random bytes through c and checks that the
 // same bytes come back.
-func (c *testptConn) echo(prefix string, size int) error {
+func (c *testptConn) echo(prefix string, size int) error { return echoThrough(c, prefix, size) }
+
+// echoThrough sends prefix and size random bytes through rw and checks
+// that the same bytes come back.
+func echoThrough(rw io.ReadWriter, prefix string, size int) error {
 	payload := make([]byte, size)
 	rand.Read(payload)
 	payload = append([]byte(prefix), payload...)
-	go c.Write(payload)
+	go rw.Write(payload)
 	got := make([]byte, len(payload))
-	if _, err := io.ReadFull(c, got); err != nil {
+	if _, err := io.ReadFull(rw, got); err != nil {
 		return fmt.Errorf("echo: %w", err)
 	}
 	if !bytes.Equal(got, payload) {
@@ -176,30 +192,11 @@ func startTestServer(t *testing.T, opt ServerOptions, opts map[string]metadata.A
 		alias, _, _ := strings.Cut(ch, "=")
 		binds = append(binds, Bind{Alias: alias, Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}})
 	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	ts := &testServer{logs: &logBuf{}, pubs: map[string]Published{}}
-	opt.Config, opt.Logger = cfg, newLogger(ts.logs)
-	if opt.StateDir == "" {
-		opt.StateDir = t.TempDir()
-	}
-	ts.srv = NewServer(opt)
-	t.Cleanup(func() {
-		ts.srv.Close()
-		if t.Failed() {
-			t.Logf("logs: %s", ts.logs.digest(15))
-		}
-	})
-	pubs, err := ts.srv.Start(context.Background(), binds)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ts, pubs := startServerConfig(t, cfg, opt, binds)
 	for _, p := range pubs {
 		if p.Err != nil {
 			t.Fatalf("%s: %v", p.Alias, p.Err)
 		}
-		ts.pubs[p.Alias] = p
 	}
 	return ts
 }
@@ -280,13 +277,7 @@ func TestServerAttributionRaceEngine(t *testing.T) {
 	for _, rc := range raceCases {
 		t.Run(rc.name, func(t *testing.T) {
 			tor, failures := attributionRace(t, rc, total, workers, 60*time.Second)
-			t.Log(tor.summary())
-			if len(failures) > 0 {
-				t.Errorf("%d of %d connections failed; first: %q", len(failures), total, failures[:min(5, len(failures))])
-			}
-			if tor.misattributed.Load()+tor.broken.Load() > 0 || tor.streams.Load() != int64(total) {
-				t.Errorf("want %d streams, all attributed: %s", total, tor.summary())
-			}
+			tor.checkAll(t, total, failures)
 		})
 	}
 }

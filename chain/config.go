@@ -585,26 +585,22 @@ func equal(a, b []string) bool {
 func (c *Config) CheckChain(ch Chain) error { return c.CheckChainFor(ch, ServerRole) }
 
 // CheckChainFor reports why ch cannot run for role with this
-// configuration: a hop whose method no plugin offers, or one of a kind
-// that role's engine does not run.
+// configuration: a hop whose method no plugin offers. Each engine refuses,
+// with its own reason, the kinds of hop it cannot run (the server: an
+// unmanaged SOCKS5 PT).
 func (c *Config) CheckChainFor(ch Chain, role Role) error {
 	var errs []error
 	for i, m := range ch.Hops {
-		p, ok := c.PluginFor(m)
-		if !ok {
-			errs = append(errs, fmt.Errorf("hop %d %q is offered by no program; add --plugin %s=PATH", i, m, m))
-			continue
-		}
-		if !p.Kind.runsOn(role) {
-			errs = append(errs, fmt.Errorf("hop %d %q: %s hops are not supported by this engine yet", i, m, p.Kind))
+		if _, ok := c.PluginFor(m); !ok {
+			errs = append(errs, fmt.Errorf("hop %d %q is offered by no program; add --plugin %s=PATH or --builtin %s", i, m, m, m))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// runsOn reports whether role's engine runs hops of kind k: the client
-// runs every kind; the server, until it runs hops through package
-// transport, only programs.
-func (k PluginKind) runsOn(role Role) bool {
-	return role == ClientRole || k == ExecPlugin
+func (r Role) String() string {
+	if r == ServerRole {
+		return "server"
+	}
+	return "client"
 }

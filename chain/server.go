@@ -19,6 +19,7 @@ import (
 	"github.com/ptcombiner/ptcombiner/metadata"
 	"github.com/ptcombiner/ptcombiner/ptproc"
 	"github.com/ptcombiner/ptcombiner/shim"
+	"github.com/ptcombiner/ptcombiner/transport"
 )
 
 // Defaults for ServerOptions' zero values.
@@ -40,16 +41,25 @@ const (
 // ServerOptions configure a Server. Zero values take the documented
 // defaults, except Config and StateDir.
 type ServerOptions struct {
-	Config   *Config
-	StateDir string // the server's own files: the cookie, each child's state
+	Config *Config
+	// StateDir holds the server's own files: the cookie, each hop's state
+	// (obfs4's keys, in process or in a child). Required.
+	StateDir string
 	Logger   *slog.Logger
 
 	// Where finished streams go: tor's Extended ORPort with its cookie file
 	// (USERADDR = the real client, TRANSPORT = the alias), or else tor's
-	// plain ORPort.
+	// plain ORPort, or any TCP service (a Go program that serves a chain
+	// without tor sets only TorORPort).
 	TorExtORPort  string
 	TorCookiePath string
 	TorORPort     string
+
+	// InProcess are a program's own in-process server transports, by
+	// method. A method of the configuration's builtin plugin (--builtin,
+	// "ServerTransportPlugin NAMES builtin") is served by the transport
+	// named here, else by package transport's builtin of that name.
+	InProcess map[string]transport.ServerTransport
 
 	StartTimeout     time.Duration // a child's start, up to SMETHODS DONE (DefaultStartTimeout)
 	HandshakeTimeout time.Duration // each Extended ORPort handshake, either side (DefaultHandshakeTimeout)
@@ -61,7 +71,9 @@ type ServerOptions struct {
 	// dialled into it, to come back on its Extended ORPort with that
 	// connection (a client's handshake included); then the client's
 	// connection is closed and the hop is named in the log
-	// (DefaultArrivalTimeout).
+	// (DefaultArrivalTimeout). It bounds an in-process hop's handshake
+	// too: obfs4's, like its program's, reads a failed client for up to
+	// 90 s before it closes.
 	ArrivalTimeout time.Duration
 	// MaxConns caps the client connections open at once; further ones are
 	// closed at once (0: no cap).
@@ -89,8 +101,9 @@ type Published struct {
 }
 
 // Server runs chains on the bridge side. It owns each chain's public
-// listener, the children, one Extended ORPort listener per child, and the
-// stamps that tie every child's arrival to its chain connection.
+// listener, the children, one Extended ORPort listener per child, the
+// stamps that tie every child's arrival to its chain connection, and the
+// in-process hops.
 type Server struct {
 	opt     ServerOptions
 	log     *slog.Logger
@@ -107,6 +120,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	children  []*serverChild
+	inprocs   []*inprocHop
 	listeners []net.Listener
 	closed    bool
 }
@@ -146,10 +160,12 @@ func (c *serverChild) addr(method string) (*net.TCPAddr, error) {
 
 func (c *serverChild) name() string { return filepath.Base(c.path) + "#" + strconv.Itoa(c.id) }
 
-// hopEndpoint is what serves position i of a chain.
+// hopEndpoint is what serves position i of a chain: an external program
+// (child) or an in-process transport (inproc).
 type hopEndpoint struct {
-	child  *serverChild
 	method string
+	child  *serverChild
+	inproc *inprocHop
 }
 
 type serverChain struct {
@@ -196,29 +212,36 @@ func canServe(options map[string]metadata.Args, method string, opts metadata.Arg
 	return !ok || sameArgs(have, opts)
 }
 
-// hopSlot is a slot with what its child needs: the program and the options
-// of the slot's method.
+// hopSlot is a slot with what serves it needs: the plugin, the options of
+// the slot's method, and for an in-process hop its transport.
 type hopSlot struct {
 	slot
-	plugin int
-	opts   metadata.Args
+	plugin    int
+	opts      metadata.Args
+	transport transport.ServerTransport // nil: a child serves the slot
 }
 
-// placeSlots gives every slot its child (see stateDirs): first the slots
-// that have a state directory from an earlier run, so that they get it
-// back, then the new ones.
-func (s *Server) placeSlots(dirs *stateDirs, slots []hopSlot) []*serverChild {
+// placeSlots gives every slot its child or in-process hop (see stateDirs):
+// first the slots that have a state directory from an earlier run, so that
+// they get it back, then the new ones.
+func (s *Server) placeSlots(dirs *stateDirs, slots []hopSlot) []hopEndpoint {
 	earlier := s.earlierDirs(dirs, slots)
 	order := make([]int, len(slots))
 	for i := range order {
 		order[i] = i
 	}
 	sort.SliceStable(order, func(a, b int) bool { return earlier[order[a]] != "" && earlier[order[b]] == "" })
-	out := make([]*serverChild, len(slots))
+	out := make([]hopEndpoint, len(slots))
 	for _, i := range order {
-		c := s.childFor(slots[i], earlier[i], dirs)
-		dirs.dirs[slots[i].slot] = c.stateDir
-		out[i] = c
+		sl := slots[i]
+		out[i] = hopEndpoint{method: sl.Method}
+		if sl.transport != nil {
+			out[i].inproc = s.inprocFor(sl, earlier[i], dirs)
+			dirs.dirs[sl.slot] = out[i].inproc.stateDir
+		} else {
+			out[i].child = s.childFor(sl, earlier[i], dirs)
+			dirs.dirs[sl.slot] = out[i].child.stateDir
+		}
 	}
 	return out
 }
@@ -237,7 +260,7 @@ func (s *Server) earlierDirs(dirs *stateDirs, slots []hopSlot) []string {
 			continue
 		}
 		for _, name := range []string{naturalDir(s.program(sl.plugin), sl.slot), legacy[i]} {
-			if !dirs.used(name) && exists(filepath.Join(s.opt.StateDir, name)) {
+			if name != "" && !dirs.used(name) && exists(filepath.Join(s.opt.StateDir, name)) {
 				out[i] = name
 				break
 			}
@@ -249,7 +272,8 @@ func (s *Server) earlierDirs(dirs *stateDirs, slots []hopSlot) []string {
 // legacyDirs names each slot's directory as versions before the record
 // did: children were made in the order of the slots (tor's order of the
 // transports, then the hops), a new one whenever no child of the program
-// could serve the slot's method with its options.
+// could serve the slot's method with its options. In-process hops came
+// later: they have no such name ("").
 func (s *Server) legacyDirs(slots []hopSlot) []string {
 	type oldChild struct {
 		plugin  int
@@ -258,6 +282,9 @@ func (s *Server) legacyDirs(slots []hopSlot) []string {
 	var children []*oldChild
 	out := make([]string, len(slots))
 	for i, sl := range slots {
+		if sl.transport != nil {
+			continue
+		}
 		id := -1
 		for j, c := range children {
 			if c.plugin == sl.plugin && canServe(c.options, sl.Method, sl.opts) {
@@ -275,7 +302,15 @@ func (s *Server) legacyDirs(slots []hopSlot) []string {
 	return out
 }
 
-func (s *Server) program(plugin int) string { return filepath.Base(s.opt.Config.Plugins[plugin].Path) }
+// program names what serves a plugin's methods in state directory names:
+// the program, or "builtin" for the in-process transports.
+func (s *Server) program(plugin int) string {
+	p := s.opt.Config.Plugins[plugin]
+	if p.Kind == BuiltinPlugin {
+		return "builtin"
+	}
+	return filepath.Base(p.Path)
+}
 
 // childFor returns the child that serves sl. When sl has a state directory
 // from an earlier run (dir), only a child keeping its state there, or in a
@@ -302,18 +337,24 @@ func (s *Server) childFor(sl hopSlot, dir string, dirs *stateDirs) *serverChild 
 	return c
 }
 
-// holds reports whether a child keeps its state in dir.
+// holds reports whether a child or an in-process hop keeps its state in
+// dir.
 func (s *Server) holds(dir string) bool {
 	for _, c := range s.children {
 		if c.stateDir == dir {
 			return true
 		}
 	}
+	for _, h := range s.inprocs {
+		if h.stateDir == dir {
+			return true
+		}
+	}
 	return false
 }
 
-// newStateDir names a directory for sl that no child, no slot of the
-// record and no file under the state directory has: naturalDir, else with
+// newStateDir names a directory for sl that no child or in-process hop,
+// no slot of the record and no file under the state directory has: naturalDir, else with
 // a suffix ".2", ".3", ...
 func (s *Server) newStateDir(sl hopSlot, dirs *stateDirs) string {
 	base := naturalDir(s.program(sl.plugin), sl.slot)
@@ -328,88 +369,210 @@ func (s *Server) newStateDir(sl hopSlot, dirs *stateDirs) string {
 	}
 }
 
-// Start launches the children the binds need, in parallel, and opens each
-// chain's public listener. It returns one Published per Bind, in order.
+// Start launches the children the binds need, in parallel, starts their
+// in-process hops, and opens each chain's public listener. It returns one
+// Published per Bind, in order.
 func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
+	if s.opt.StateDir == "" {
+		return nil, errors.New("ServerOptions.StateDir is required: the hops keep their keys there (obfs4's cert)")
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return nil, errors.New("server is closed")
 	}
 	s.mu.Unlock()
-	if s.cookie == nil {
-		cookie, err := extorport.WriteCookieFile(s.cookiePath())
-		if err != nil {
-			return nil, fmt.Errorf("writing the Extended ORPort cookie: %w", err)
-		}
-		s.cookie = cookie
-	}
-
 	dirs, err := loadStateDirs(s.opt.StateDir)
 	if err != nil {
 		return nil, err
 	}
 
 	out := make([]Published, len(binds))
-	type plan struct {
-		chain  Chain
-		first  int // its first slot in slots
-		childs []*serverChild
-	}
-	plans := make([]*plan, len(binds))
+	plans := make([]*chainPlan, len(binds))
 	var slots []hopSlot
 	s.mu.Lock()
 	for i, b := range binds {
 		out[i] = Published{Alias: b.Alias}
-		ch, ok := s.opt.Config.Lookup(b.Alias)
-		if !ok {
-			out[i].Err = fmt.Errorf("no chain or method %q is configured", b.Alias)
-			continue
-		}
-		if err := s.opt.Config.CheckChain(ch); err != nil {
-			out[i].Err = err
-			continue
-		}
-		// An indirect PT's server (meek-server, snowflake-server) faces its
-		// own front or proxies, so on the bridge too it can only be outermost.
-		if err := s.opt.Config.CheckPlacement(ch); err != nil {
-			out[i].Err = err
-			continue
-		}
-		opts := metadata.Args{}
-		for k, v := range s.opt.Config.ServerOptions[b.Alias] {
-			opts[k] = append(opts[k], v...)
-		}
-		for k, v := range b.Options {
-			opts[k] = append(opts[k], v...)
-		}
-		perHop, err := metadata.SplitHops(opts, len(ch.Hops))
-		if err != nil {
-			out[i].Err = fmt.Errorf("ServerTransportOptions: %w", err)
-			continue
-		}
-		plans[i] = &plan{chain: ch, first: len(slots)}
-		for pos, m := range ch.Hops {
-			slots = append(slots, hopSlot{slot: slot{Alias: b.Alias, Hop: pos, Method: m}, plugin: s.pluginIndex(m), opts: perHop[pos]})
+		if plans[i], out[i].Err = s.planChain(b); plans[i] != nil {
+			plans[i].first = len(slots)
+			slots = append(slots, plans[i].slots...)
 		}
 	}
 	placed := s.placeSlots(dirs, slots)
 	for _, p := range plans {
 		if p != nil {
-			p.childs = placed[p.first : p.first+len(p.chain.Hops)]
+			p.hops = placed[p.first : p.first+len(p.slots)]
 		}
 	}
 	children := append([]*serverChild(nil), s.children...)
+	inprocs := append([]*inprocHop(nil), s.inprocs...)
 	s.mu.Unlock()
-	if err := s.prepareStateDirs(children, dirs); err != nil {
+	if err := s.prepareStateDirs(children, inprocs, dirs); err != nil {
 		return nil, err
 	}
-
-	var wg sync.WaitGroup
-	for _, c := range children {
-		if c.sup != nil || c.err != nil {
-			continue
+	if err := s.launchChildren(ctx, children); err != nil {
+		return nil, err
+	}
+	s.startInProcess(ctx, inprocs)
+	for i, p := range plans {
+		if p != nil {
+			out[i] = s.openChain(binds[i], p)
 		}
+	}
+	return out, nil
+}
+
+// chainPlan is one Bind's chain on its way to its listener: its slots,
+// from its first one in Start's list of all, and what serves each.
+type chainPlan struct {
+	slots []hopSlot
+	first int
+	hops  []hopEndpoint
+}
+
+// planChain checks b's chain and returns its slots with their options.
+func (s *Server) planChain(b Bind) (*chainPlan, error) {
+	ch, ok := s.opt.Config.Lookup(b.Alias)
+	if !ok {
+		return nil, fmt.Errorf("no chain or method %q is configured", b.Alias)
+	}
+	if err := s.opt.Config.CheckChain(ch); err != nil {
+		return nil, err
+	}
+	// An indirect PT's server (meek-server, snowflake-server) faces its
+	// own front or proxies, so on the bridge too it can only be outermost.
+	if err := s.opt.Config.CheckPlacement(ch); err != nil {
+		return nil, err
+	}
+	opts := metadata.Args{}
+	for k, v := range s.opt.Config.ServerOptions[b.Alias] {
+		opts[k] = append(opts[k], v...)
+	}
+	for k, v := range b.Options {
+		opts[k] = append(opts[k], v...)
+	}
+	perHop, err := metadata.SplitHops(opts, len(ch.Hops))
+	if err != nil {
+		return nil, fmt.Errorf("ServerTransportOptions: %w", err)
+	}
+	p := &chainPlan{}
+	var errs []error
+	for pos, m := range ch.Hops {
+		sl := hopSlot{slot: slot{Alias: b.Alias, Hop: pos, Method: m}, plugin: s.pluginIndex(m), opts: perHop[pos]}
+		if sl.transport, err = s.serverTransport(s.opt.Config.Plugins[sl.plugin], m); err != nil {
+			errs = append(errs, fmt.Errorf("hop %d %q: %w", pos, m, err))
+		}
+		p.slots = append(p.slots, sl)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// openChain makes p's chain from what serves its hops and opens its public
+// listener, unless a hop cannot serve.
+func (s *Server) openChain(b Bind, p *chainPlan) Published {
+	out := Published{Alias: b.Alias}
+	sc := &serverChain{alias: b.Alias, hops: p.hops}
+	perHop := make([]metadata.Args, len(p.hops))
+	for pos, hop := range p.hops {
+		args, err := hop.clientArgs()
+		if err != nil {
+			out.Err = fmt.Errorf("hop %d (%s): %w", pos, hop.method, err)
+			return out
+		}
+		perHop[pos] = args
+	}
+	ln, err := net.ListenTCP("tcp", b.Addr)
+	if err != nil {
+		out.Err = fmt.Errorf("cannot listen on %v: %w", b.Addr, err)
+		return out
+	}
+	out.Addr = ln.Addr().(*net.TCPAddr)
+	out.Args = metadata.JoinHops(perHop)
+	s.serve(ln, func(conn *net.TCPConn) { s.handlePublic(sc, conn) })
+	return out
+}
+
+// clientArgs are the arguments a client needs for the hop (SMETHOD ARGS),
+// or why the hop cannot serve.
+func (h hopEndpoint) clientArgs() (metadata.Args, error) {
+	if h.inproc != nil {
+		if h.inproc.err != nil {
+			return nil, h.inproc.err
+		}
+		return h.inproc.srv.ClientArgs(), nil
+	}
+	c := h.child
+	if c.err != nil {
+		return nil, c.err
+	}
+	proc, err := c.sup.Current()
+	if err != nil {
+		return nil, err
+	}
+	sm, ok := proc.ServerMethods()[h.method]
+	if !ok {
+		why := "the program does not offer it"
+		if e, ok := proc.MethodErrors()[h.method]; ok {
+			why = "the program says: " + e
+		}
+		return nil, errors.New(why)
+	}
+	return sm.Args, nil
+}
+
+// prepareStateDirs makes the copies new children and in-process hops start
+// from and records every slot's directory, before any of them runs: a child
+// that fails to start may already have written keys there.
+func (s *Server) prepareStateDirs(children []*serverChild, inprocs []*inprocHop, dirs *stateDirs) error {
+	for _, c := range children {
+		if c.sup == nil && c.err == nil {
+			c.err = s.copyStateDir(c.path, c.copyOf, c.stateDir)
+		}
+	}
+	for _, h := range inprocs {
+		if h.srv == nil && h.err == nil {
+			h.err = s.copyStateDir("builtin "+h.Method, h.copyOf, h.stateDir)
+		}
+	}
+	return dirs.save()
+}
+
+// copyStateDir makes dir a copy of from, a directory another hop keeps
+// its state in, unless dir exists already or there is nothing to copy.
+func (s *Server) copyStateDir(who, from, dir string) error {
+	if from == "" || exists(filepath.Join(s.opt.StateDir, dir)) {
+		return nil
+	}
+	if err := copyStateDir(filepath.Join(s.opt.StateDir, from), filepath.Join(s.opt.StateDir, dir)); err != nil {
+		return err
+	}
+	s.log.Info("a chain position's options now differ from those it shared its state with: it starts from a copy of that state, so it keeps its keys",
+		"hop", who, "from", from, "to", dir)
+	return nil
+}
+
+// launchChildren starts, in parallel, the children that have not started
+// (nor failed) yet, after writing the Extended ORPort cookie they share
+// (a server of in-process hops only needs none).
+func (s *Server) launchChildren(ctx context.Context, children []*serverChild) error {
+	var fresh []*serverChild
+	for _, c := range children {
+		if c.sup == nil && c.err == nil {
+			fresh = append(fresh, c)
+		}
+	}
+	if len(fresh) > 0 && s.cookie == nil {
+		cookie, err := extorport.WriteCookieFile(s.cookiePath())
+		if err != nil {
+			return fmt.Errorf("writing the Extended ORPort cookie: %w", err)
+		}
+		s.cookie = cookie
+	}
+	var wg sync.WaitGroup
+	for _, c := range fresh {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -417,67 +580,7 @@ func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
 		}()
 	}
 	wg.Wait()
-
-	for i, p := range plans {
-		if p == nil {
-			continue
-		}
-		sc := &serverChain{alias: binds[i].Alias}
-		var perHop []metadata.Args
-		for pos, m := range p.chain.Hops {
-			c := p.childs[pos]
-			if c.err != nil {
-				out[i].Err = fmt.Errorf("hop %d (%s): %w", pos, m, c.err)
-				break
-			}
-			proc, err := c.sup.Current()
-			if err != nil {
-				out[i].Err = fmt.Errorf("hop %d (%s): %w", pos, m, err)
-				break
-			}
-			sm, ok := proc.ServerMethods()[m]
-			if !ok {
-				why := "the program does not offer it"
-				if e, ok := proc.MethodErrors()[m]; ok {
-					why = "the program says: " + e
-				}
-				out[i].Err = fmt.Errorf("hop %d (%s): %s", pos, m, why)
-				break
-			}
-			sc.hops = append(sc.hops, hopEndpoint{child: c, method: m})
-			perHop = append(perHop, sm.Args)
-		}
-		if out[i].Err != nil {
-			continue
-		}
-		ln, err := net.ListenTCP("tcp", binds[i].Addr)
-		if err != nil {
-			out[i].Err = fmt.Errorf("cannot listen on %v: %w", binds[i].Addr, err)
-			continue
-		}
-		out[i].Addr = ln.Addr().(*net.TCPAddr)
-		out[i].Args = metadata.JoinHops(perHop)
-		s.serve(ln, func(conn *net.TCPConn) { s.handlePublic(sc, conn) })
-	}
-	return out, nil
-}
-
-// prepareStateDirs makes the copies new children start from and records
-// every slot's directory, before any child runs: a child that fails to
-// start may already have written keys there.
-func (s *Server) prepareStateDirs(children []*serverChild, dirs *stateDirs) error {
-	for _, c := range children {
-		if c.copyOf == "" || c.sup != nil || c.err != nil || exists(filepath.Join(s.opt.StateDir, c.stateDir)) {
-			continue
-		}
-		if err := copyStateDir(filepath.Join(s.opt.StateDir, c.copyOf), filepath.Join(s.opt.StateDir, c.stateDir)); err != nil {
-			c.err = err
-			continue
-		}
-		s.log.Info("a chain position's options now differ from those it shared a PT with: its new PT starts from a copy of their state, so it keeps its keys",
-			"program", c.path, "from", c.copyOf, "to", c.stateDir)
-	}
-	return dirs.save()
+	return nil
 }
 
 func (s *Server) pluginIndex(method string) int {
@@ -618,7 +721,7 @@ type serverConn struct {
 }
 
 // handlePublic takes a client's connection on a chain's public listener and
-// dials the outermost hop's child.
+// starts its walk inward at the outermost hop.
 func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
 	if s.opt.MaxConns > 0 {
 		if n := s.open.Add(1); n > int64(s.opt.MaxConns) {
@@ -634,12 +737,62 @@ func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
 	s.active.Add(1)
 	defer s.active.Done()
 	c := &serverConn{id: s.nextID.Add(1), chain: sc, client: conn.RemoteAddr().String(), public: conn}
-	s.forward(c, len(sc.hops)-1, conn, nil)
+	s.next(c, len(sc.hops)-1, conn, nil)
+}
+
+// next carries a client's stream inward from position pos, and is the one
+// function that says which hop comes next. conn carries hop pos's protocol
+// (for the outermost hop, the client's connection itself); below hop 0 it
+// carries the application's bytes, which go to tor. An in-process hop
+// unwraps conn here and the walk goes on; an external child gets conn
+// through forward, and the walk goes on where the child hands the stream
+// back (handleExt). ready, when set, answers OKAY to the child that handed
+// conn over on its Extended ORPort, once the next step can take conn's
+// bytes; when it cannot, that child hears DENY first.
+func (s *Server) next(c *serverConn, pos int, conn net.Conn, ready func() error) {
+	for ; pos >= 0; pos-- {
+		if c.chain.hops[pos].child != nil {
+			s.forward(c, pos, conn, ready)
+			return
+		}
+		var ok bool
+		if conn, ok = s.unwrap(c, pos, conn, ready); !ok {
+			return
+		}
+		ready = nil // OKAY went out before the handshake
+	}
+	s.toTor(c, conn, ready)
+}
+
+// unwrap runs position pos's in-process server on conn and returns the
+// stream inside it. The handshake needs the client's bytes, so a child that
+// handed conn over hears OKAY first. When it fails, the client's
+// connection is closed too: a child outside might only half-close it (the
+// transport's close may reach the child as a reset, with the client's
+// bytes unread) and leave the client waiting.
+func (s *Server) unwrap(c *serverConn, pos int, conn net.Conn, ready func() error) (net.Conn, bool) {
+	if ready != nil && ready() != nil {
+		conn.Close()
+		c.public.Close()
+		return nil, false
+	}
+	hop := c.chain.hops[pos]
+	ctx, cancel := context.WithTimeout(s.ctx, s.opt.ArrivalTimeout)
+	defer cancel()
+	inner, err := hop.inproc.srv.WrapConn(ctx, conn) // on error it closed conn
+	if err != nil {
+		// A prober, or a client that gave up: the transport answered as
+		// its own program would have.
+		s.log.Debug("an in-process hop's handshake failed", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
+		c.public.Close()
+		return nil, false
+	}
+	return inner, true
 }
 
 // forward dials position pos's child, records the stamp of that connection,
 // calls ready (which sends OKAY upstream) and pipes up into it.
-func (s *Server) forward(c *serverConn, pos int, up *net.TCPConn, ready func() error) {
+func (s *Server) forward(c *serverConn, pos int, up net.Conn, ready func() error) {
 	hop := c.chain.hops[pos]
 	// fail ends up: a child waiting on its Extended ORPort hears DENY first.
 	fail := func() {
@@ -694,7 +847,7 @@ func (s *Server) forward(c *serverConn, pos int, up *net.TCPConn, ready func() e
 // the child did not report on its Extended ORPort within ArrivalTimeout
 // (it froze, or hangs in a handshake longer than any PT should), unless the
 // report came meanwhile.
-func (s *Server) neverArrived(c *serverConn, pos int, st stamp, up, down *net.TCPConn) {
+func (s *Server) neverArrived(c *serverConn, pos int, st stamp, up net.Conn, down *net.TCPConn) {
 	if !s.stamps.Expire(st, hopLink{conn: c, pos: pos}) {
 		return
 	}
@@ -709,7 +862,7 @@ func (s *Server) neverArrived(c *serverConn, pos int, st stamp, up, down *net.TC
 
 // handleExt takes a child's connection on its Extended ORPort: it checks the
 // cookie, reads USERADDR and TRANSPORT, looks the stamp up, and sends the
-// stream on to the next hop inward, or to tor after the innermost.
+// stream on inward from the next hop (next).
 func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 	meta, err := extorport.ServerHandshake(conn, extorport.ServerConfig{Cookie: s.cookie, Timeout: s.opt.HandshakeTimeout})
 	if err != nil {
@@ -746,10 +899,12 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 		}
 		return nil
 	}
-	if pos > 0 {
-		s.forward(c, pos-1, conn, okay)
-		return
-	}
+	s.next(c, pos-1, conn, okay)
+}
+
+// toTor hands the application's stream, conn, to tor (or the --forward
+// service). ready is as for next.
+func (s *Server) toTor(c *serverConn, conn net.Conn, ready func() error) {
 	tor, err := s.dialTor(c)
 	if err != nil {
 		msg := "cannot reach tor (or the --forward service)"
@@ -757,11 +912,13 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 			msg = torCookieInvalid + ": closing the client's connection"
 		}
 		s.log.Warn(msg, "chain", c.chain.alias, "err", err)
-		extorport.Deny(conn)
+		if ready != nil {
+			extorport.Deny(conn)
+		}
 		conn.Close()
 		return
 	}
-	if okay() != nil {
+	if ready != nil && ready() != nil {
 		conn.Close()
 		tor.Close()
 		return
@@ -824,6 +981,7 @@ func (s *Server) Close() error {
 	s.closed = true
 	listeners := s.listeners
 	children := s.children
+	inprocs := s.inprocs
 	s.mu.Unlock()
 	s.cancel()
 	for _, ln := range listeners {
@@ -849,6 +1007,13 @@ func (s *Server) Close() error {
 	wg.Wait()
 	s.sups.Wait()
 	s.wg.Wait()
+	for _, h := range inprocs {
+		if h.srv != nil {
+			if err := h.srv.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("builtin %s: %w", h.Method, err))
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 

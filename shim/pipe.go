@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 )
@@ -17,12 +18,15 @@ import (
 // direction that ends with an error closes both connections at once, which
 // ends the other direction too. Cancelling ctx closes both at once.
 //
-// On Linux the copies splice(2) from socket to socket through a pooled pipe
-// held only while bytes are in flight (splice_linux.go), so an idle
-// connection holds no pipe; elsewhere they run io.Copy. err joins every
+// a and b are usually TCP connections; any net.Conn that can half-close
+// (CloseWrite, as every connection of package transport can) will do. On
+// Linux the copies between two TCP connections splice(2) from socket to
+// socket through a pooled pipe held only while bytes are in flight
+// (splice_linux.go), so an idle connection holds no pipe; other copies run
+// io.Copy. err joins every
 // error except EOF and the "use of closed network connection" that Pipe's
 // own closing causes; it holds ctx's cause when cancellation ended the pipe.
-func Pipe(ctx context.Context, a, b *net.TCPConn) (aToB, bToA int64, err error) {
+func Pipe(ctx context.Context, a, b net.Conn) (aToB, bToA int64, err error) {
 	var once sync.Once
 	closeBoth := func() {
 		once.Do(func() {
@@ -62,7 +66,7 @@ func Pipe(ctx context.Context, a, b *net.TCPConn) (aToB, bToA int64, err error) 
 // shim.(*copier).run.
 type copier struct {
 	name     string
-	dst, src *net.TCPConn
+	dst, src net.Conn
 	abort    func() // closes both connections
 
 	n   int64
@@ -71,11 +75,11 @@ type copier struct {
 
 func (c *copier) run(wg *sync.WaitGroup) {
 	defer wg.Done()
-	n, err := copyTCP(c.dst, c.src)
+	n, err := copyConn(c.dst, c.src)
 	c.n = n
 	if err == nil {
 		// EOF: pass the half-close on and let the other direction go on.
-		err = c.dst.CloseWrite()
+		err = closeWrite(c.dst)
 		if err == nil {
 			return
 		}
@@ -86,4 +90,23 @@ func (c *copier) run(wg *sync.WaitGroup) {
 		return // our own (or ctx's) closing
 	}
 	c.err = fmt.Errorf("pipe %s: %w", c.name, err)
+}
+
+// copyConn copies src to dst, by splice between TCP connections.
+func copyConn(dst, src net.Conn) (int64, error) {
+	d, dok := dst.(*net.TCPConn)
+	s, sok := src.(*net.TCPConn)
+	if dok && sok {
+		return copyTCP(d, s)
+	}
+	return io.Copy(dst, src)
+}
+
+// closeWrite half-closes c, or says why it cannot.
+func closeWrite(c net.Conn) error {
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok {
+		return fmt.Errorf("a %T cannot half-close", c)
+	}
+	return cw.CloseWrite()
 }

@@ -106,7 +106,7 @@ func handshake(ctx context.Context, lower net.Conn, start time.Time, wrap func()
 	stop := context.AfterFunc(ctx, func() { lower.Close() })
 	c, err := wrap()
 	if !stop() { // ctx ended the handshake: its error is the reason
-		if c != nil {
+		if err == nil { // on error c may be a typed nil (a *streamConn)
 			c.Close()
 		}
 		return nil, fmt.Errorf("handshake: %w (%v)", context.Cause(ctx), err)
