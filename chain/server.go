@@ -892,14 +892,18 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 		return
 	}
 	c, pos := link.conn, link.pos
-	okay := func() error {
-		if err := extorport.Okay(conn); err != nil {
-			s.log.Info("child went away before OKAY", "chain", c.chain.alias, "hop", pos, "err", err)
-			return err
-		}
-		return nil
+	// OKAY at once, as tor does: goptlib's DialOr gives the whole Extended
+	// ORPort exchange 5 s (extOrPortSetup), so an OKAY that waited for the
+	// next hop's dial or tor's handshake made a loaded bridge's children drop
+	// streams already set up through every hop, silently. The child's bytes
+	// wait in the socket until the next leg is up; a failure there closes
+	// the connection, with the warning that says why.
+	if err := extorport.Okay(conn); err != nil {
+		s.log.Warn("child went away before OKAY", "chain", c.chain.alias, "hop", pos, "child", child.name(), "err", err)
+		conn.Close()
+		return
 	}
-	s.next(c, pos-1, conn, okay)
+	s.next(c, pos-1, conn, nil)
 }
 
 // toTor hands the application's stream, conn, to tor (or the --forward
