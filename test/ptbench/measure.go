@@ -38,8 +38,8 @@ type result struct {
 	// client and server side: the setups are interleaved, so what each
 	// topology's processes spent during them is theirs.
 	setupCPUClient, setupCPUServer float64
-	setupErrs     int
-	setupFails    failures // why they failed
+	setupErrs                      int
+	setupFails                     failures // why they failed
 	// CPU seconds of the combiner (or relay) processes while the streams
 	// ran, client and server side, and of the whole chain (PTs included).
 	cpuClient, cpuServer, cpuAll float64
