@@ -747,8 +747,10 @@ func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
 // unwraps conn here and the walk goes on; an external child gets conn
 // through forward, and the walk goes on where the child hands the stream
 // back (handleExt). ready, when set, answers OKAY to the child that handed
-// conn over on its Extended ORPort, once the next step can take conn's
-// bytes; when it cannot, that child hears DENY first.
+// conn over on its Extended ORPort before the next step, and DENY when that
+// step cannot start. Every caller passes nil today: handleExt answers OKAY
+// at once, as tor does (goptlib gives the whole exchange 5 s), so this path
+// is kept only until it is removed.
 func (s *Server) next(c *serverConn, pos int, conn net.Conn, ready func() error) {
 	for ; pos >= 0; pos-- {
 		if c.chain.hops[pos].child != nil {
