@@ -601,6 +601,40 @@ func (s *Server) cookiePath() string {
 // launch opens the child's own Extended ORPort and plain ORPort listeners
 // and starts it pointed at them.
 func (s *Server) launch(ctx context.Context, c *serverChild) error {
+	if err := s.listenORPorts(c); err != nil {
+		return err
+	}
+	spec := s.childSpec(c)
+	sup := &supervisor{
+		name: c.path,
+		life: s.ctx, // the child lives as long as the server
+		log:  s.log,
+		start: func(ctx context.Context) (*ptproc.Process, error) {
+			p, err := ptproc.Start(ctx, spec)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", c.path, err)
+			}
+			s.log.Info("PT program started", "program", c.path, "pid", p.Pid(), "methods", spec.Methods)
+			return p, nil
+		},
+		onEvent: s.opt.OnEvent,
+	}
+	// Known to Close before it starts, so that Close stops it; and never
+	// set once Close has begun, which reads c.sup without the lock.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errors.New("server is closed")
+	}
+	c.sup = sup
+	s.mu.Unlock()
+	_, err := sup.Start(ctx, &s.sups) // ctx, or Close, aborts a hanging start
+	return err
+}
+
+// listenORPorts opens the child's own Extended ORPort and plain ORPort on
+// loopback and serves them until the server closes.
+func (s *Server) listenORPorts(c *serverChild) error {
 	loop := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
 	ext, err := loopback.ListenTCP(loop)
 	if err != nil {
@@ -614,6 +648,13 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 	c.extLn, c.orLn = ext, or
 	s.serve(ext, func(conn *net.TCPConn) { s.handleExt(c, conn) })
 	s.serve(or, func(conn *net.TCPConn) { s.handlePlainOR(c, conn) })
+	return nil
+}
+
+// childSpec is what the child starts with: the methods it serves, in its
+// plugin's order, their options (TOR_PT_SERVER_TRANSPORT_OPTIONS), its
+// state directory, and its own ORPorts.
+func (s *Server) childSpec(c *serverChild) ptproc.Spec {
 	var methods []string
 	for _, m := range s.opt.Config.Plugins[c.plugin].Methods {
 		if _, ok := c.options[m]; ok {
@@ -635,8 +676,8 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 		Methods:        methods,
 		StateDir:       filepath.Join(s.opt.StateDir, c.stateDir),
 		Options:        opts,
-		ORPort:         or.Addr().String(),
-		ExtORPort:      ext.Addr().String(),
+		ORPort:         c.orLn.Addr().String(),
+		ExtORPort:      c.extLn.Addr().String(),
 		AuthCookieFile: s.cookiePath(),
 		StartTimeout:   s.opt.StartTimeout,
 		Logger:         s.log,
@@ -644,31 +685,7 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 	if s.opt.OnChildLog != nil {
 		spec.OnLog = func(sev ptproc.Severity, msg string) { s.opt.OnChildLog(name, sev, msg) }
 	}
-	sup := &supervisor{
-		name: c.path,
-		life: s.ctx, // the child lives as long as the server
-		log:  s.log,
-		start: func(ctx context.Context) (*ptproc.Process, error) {
-			p, err := ptproc.Start(ctx, spec)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", c.path, err)
-			}
-			s.log.Info("PT program started", "program", c.path, "pid", p.Pid(), "methods", methods)
-			return p, nil
-		},
-		onEvent: s.opt.OnEvent,
-	}
-	// Known to Close before it starts, so that Close stops it; and never
-	// set once Close has begun, which reads c.sup without the lock.
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return errors.New("server is closed")
-	}
-	c.sup = sup
-	s.mu.Unlock()
-	_, err = sup.Start(ctx, &s.sups) // ctx, or Close, aborts a hanging start
-	return err
+	return spec
 }
 
 // serve runs an accept loop on ln, each connection in its own goroutine,
@@ -737,7 +754,7 @@ func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
 	s.active.Add(1)
 	defer s.active.Done()
 	c := &serverConn{id: s.nextID.Add(1), chain: sc, client: conn.RemoteAddr().String(), public: conn}
-	s.next(c, len(sc.hops)-1, conn, nil)
+	s.next(c, len(sc.hops)-1, conn)
 }
 
 // next carries a client's stream inward from position pos, and is the one
@@ -746,38 +763,27 @@ func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
 // carries the application's bytes, which go to tor. An in-process hop
 // unwraps conn here and the walk goes on; an external child gets conn
 // through forward, and the walk goes on where the child hands the stream
-// back (handleExt). ready, when set, answers OKAY to the child that handed
-// conn over on its Extended ORPort before the next step, and DENY when that
-// step cannot start. Every caller passes nil today: handleExt answers OKAY
-// at once, as tor does (goptlib gives the whole exchange 5 s), so this path
-// is kept only until it is removed.
-func (s *Server) next(c *serverConn, pos int, conn net.Conn, ready func() error) {
+// back (handleExt).
+func (s *Server) next(c *serverConn, pos int, conn net.Conn) {
 	for ; pos >= 0; pos-- {
 		if c.chain.hops[pos].child != nil {
-			s.forward(c, pos, conn, ready)
+			s.forward(c, pos, conn)
 			return
 		}
 		var ok bool
-		if conn, ok = s.unwrap(c, pos, conn, ready); !ok {
+		if conn, ok = s.unwrap(c, pos, conn); !ok {
 			return
 		}
-		ready = nil // OKAY went out before the handshake
 	}
-	s.toTor(c, conn, ready)
+	s.toTor(c, conn)
 }
 
 // unwrap runs position pos's in-process server on conn and returns the
-// stream inside it. The handshake needs the client's bytes, so a child that
-// handed conn over hears OKAY first. When it fails, the client's
-// connection is closed too: a child outside might only half-close it (the
-// transport's close may reach the child as a reset, with the client's
-// bytes unread) and leave the client waiting.
-func (s *Server) unwrap(c *serverConn, pos int, conn net.Conn, ready func() error) (net.Conn, bool) {
-	if ready != nil && ready() != nil {
-		conn.Close()
-		c.public.Close()
-		return nil, false
-	}
+// stream inside it. When it fails, the client's connection is closed too:
+// a child outside might only half-close it (the transport's close may reach
+// the child as a reset, with the client's bytes unread) and leave the
+// client waiting.
+func (s *Server) unwrap(c *serverConn, pos int, conn net.Conn) (net.Conn, bool) {
 	hop := c.chain.hops[pos]
 	ctx, cancel := context.WithTimeout(s.ctx, s.opt.ArrivalTimeout)
 	defer cancel()
@@ -792,21 +798,14 @@ func (s *Server) unwrap(c *serverConn, pos int, conn net.Conn, ready func() erro
 	return inner, true
 }
 
-// forward dials position pos's child, records the stamp of that connection,
-// calls ready (which sends OKAY upstream) and pipes up into it.
-func (s *Server) forward(c *serverConn, pos int, up net.Conn, ready func() error) {
+// forward dials position pos's child, records the stamp of that connection
+// and pipes up into it; when it cannot, it closes up.
+func (s *Server) forward(c *serverConn, pos int, up net.Conn) {
 	hop := c.chain.hops[pos]
-	// fail ends up: a child waiting on its Extended ORPort hears DENY first.
-	fail := func() {
-		if ready != nil {
-			extorport.Deny(up)
-		}
-		up.Close()
-	}
 	addr, err := hop.child.addr(hop.method)
 	if err != nil {
 		s.log.Warn("a hop's server is down", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
-		fail()
+		up.Close()
 		return
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.opt.DialTimeout)
@@ -814,34 +813,27 @@ func (s *Server) forward(c *serverConn, pos int, up net.Conn, ready func() error
 	cancel()
 	if err != nil {
 		s.log.Warn("cannot reach a hop's server", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
-		fail()
+		up.Close()
 		return
 	}
 	down := raw.(*net.TCPConn)
 	local, err := netip.ParseAddrPort(down.LocalAddr().String())
 	if err != nil {
 		s.log.Error("dialled socket has no ip:port", "err", err)
-		fail()
+		up.Close()
 		down.Close()
 		return
 	}
 	st := stamp{child: hop.child.id, method: hop.method, addr: local}
 	if err := s.stamps.Put(st, hopLink{conn: c, pos: pos}); err != nil {
 		s.log.Error("stamp collision: refusing the connection rather than guessing", "stamp", local.String(), "err", err)
-		fail()
+		up.Close()
 		down.Close()
 		return
 	}
 	defer s.stamps.Drop(st)
 	arrival := time.AfterFunc(s.opt.ArrivalTimeout, func() { s.neverArrived(c, pos, st, up, down) })
 	defer arrival.Stop()
-	if ready != nil {
-		if err := ready(); err != nil {
-			up.Close()
-			down.Close()
-			return
-		}
-	}
 	shim.Pipe(s.ctx, up, down)
 }
 
@@ -905,12 +897,12 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 		conn.Close()
 		return
 	}
-	s.next(c, pos-1, conn, nil)
+	s.next(c, pos-1, conn)
 }
 
 // toTor hands the application's stream, conn, to tor (or the --forward
-// service). ready is as for next.
-func (s *Server) toTor(c *serverConn, conn net.Conn, ready func() error) {
+// service).
+func (s *Server) toTor(c *serverConn, conn net.Conn) {
 	tor, err := s.dialTor(c)
 	if err != nil {
 		msg := "cannot reach tor (or the --forward service)"
@@ -918,15 +910,7 @@ func (s *Server) toTor(c *serverConn, conn net.Conn, ready func() error) {
 			msg = torCookieInvalid + ": closing the client's connection"
 		}
 		s.log.Warn(msg, "chain", c.chain.alias, "err", err)
-		if ready != nil {
-			extorport.Deny(conn)
-		}
 		conn.Close()
-		return
-	}
-	if ready != nil && ready() != nil {
-		conn.Close()
-		tor.Close()
 		return
 	}
 	shim.Pipe(s.ctx, conn, tor)
