@@ -34,15 +34,7 @@ func bridge(stateDir string) (*transport.Listener, metadata.Args) {
 		log.Fatal(err)
 	}
 	l := transport.Listen(srv, ln)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	go echo(l)
 	return l, srv.ClientArgs()
 }
 

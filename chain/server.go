@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -43,7 +44,9 @@ const (
 type ServerOptions struct {
 	Config *Config
 	// StateDir holds the server's own files: the cookie, each hop's state
-	// (obfs4's keys, in process or in a child). Required.
+	// (obfs4's keys, in process or in a child). Required, and kept across
+	// restarts (obfs4's cert comes from it); Start creates it 0700 when
+	// missing.
 	StateDir string
 	Logger   *slog.Logger
 
@@ -375,6 +378,9 @@ func (s *Server) newStateDir(sl hopSlot, dirs *stateDirs) string {
 func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
 	if s.opt.StateDir == "" {
 		return nil, errors.New("ServerOptions.StateDir is required: the hops keep their keys there (obfs4's cert)")
+	}
+	if err := os.MkdirAll(s.opt.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("the state directory: %w", err)
 	}
 	s.mu.Lock()
 	if s.closed {

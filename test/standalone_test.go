@@ -104,6 +104,9 @@ func TestStandaloneUsage(t *testing.T) {
 		{bin("ptcombiner-client"), []string{"--tunnel", "nonsense"}, "want ADDR=ALIAS@BRIDGE"},
 		{bin("ptcombiner-server"), []string{"--listen", "x=127.0.0.1:0"}, "--forward HOST:PORT is required"},
 		{bin("ptcombiner-server"), []string{"--listen", "x=127.0.0.1:0", "--forward", "127.0.0.1:1"}, "--state-dir DIR is required"},
+		// In-process obfs4 keeps its keys in the state directory as obfs4proxy does.
+		{bin("ptcombiner-server"), []string{"--builtin", "obfs4", "--listen", "obfs4=127.0.0.1:0", "--forward", "127.0.0.1:1"},
+			"--state-dir DIR is required without tor: the hops keep their keys there (obfs4's cert), in-process (--builtin)"},
 	} {
 		out, err := exec.Command(tc.path, tc.args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), tc.want) {

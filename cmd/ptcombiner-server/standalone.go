@@ -40,7 +40,7 @@ func runStandalone(c *cli.Context) error {
 	}
 	stateDir := c.String("state-dir")
 	if stateDir == "" {
-		return errors.New("--state-dir DIR is required without tor: the PT programs keep their keys there (obfs4's cert)")
+		return errors.New("--state-dir DIR is required without tor: the hops keep their keys there (obfs4's cert), in-process (--builtin) or in PT programs")
 	}
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return err
