@@ -48,6 +48,18 @@
 // pipe may drain for ClientOptions.Linger; Client.Close ends every
 // connection, pipe and child.
 //
+// # The server engine
+//
+// Per client connection, Server.next walks the chain from its outermost
+// hop inward and says which hop comes next: an in-process hop unwraps the
+// stream in place (WrapConn) and the walk goes on; a PT program's hop gets
+// the stream over a loopback connection whose local address is its stamp,
+// and the walk goes on when the program hands the stream back on its own
+// Extended ORPort, where USERADDR (and TRANSPORT) find the stamp, so a
+// stream is never matched by arrival order. Below hop 0 the stream goes to
+// tor, with the real client's address and the alias (toTor), or to the
+// TCP service.
+//
 // # The Go API
 //
 // NewClient, then Start with the chains wanted, returns a Client whose Dial
@@ -59,4 +71,12 @@
 // ExampleClient dials through an in-process chain; the program
 // examples/dial dials through a chain that mixes an in-process hop with a
 // PT program.
+//
+// NewServer, then Start with one Bind per chain (alias, address, options),
+// serves chains on a bridge: each Published says where a chain listens and
+// what its clients need (the hops' ClientArgs, N.cert for hop N), or why it
+// cannot be served. Finished streams go to tor's Extended ORPort, or to
+// any TCP service (ServerOptions.TorORPort). ExampleServer serves an
+// in-process chain in front of a TCP service; the program
+// examples/serve-chain does so until it is stopped, for examples/dial.
 package chain

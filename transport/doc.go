@@ -106,4 +106,11 @@
 // arrive (the stall PROTOCOLS.md reports of obfs4proxy, which shares the
 // code), so a protocol whose server speaks first (obfs3 inside obfs4) does
 // not hang in process.
+//
+// # Examples
+//
+// ExampleServerChain serves obfs3|obfs4 in process and ExampleClientChain
+// dials it, with this package alone. Package chain runs such chains as
+// engines (ptcombiner's own, with PT programs and tor's Extended ORPort
+// as well); the programs examples/serve-chain and examples/dial use it.
 package transport
