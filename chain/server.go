@@ -79,7 +79,9 @@ type ServerOptions struct {
 	// 90 s before it closes.
 	ArrivalTimeout time.Duration
 	// MaxConns caps the client connections open at once; further ones are
-	// closed at once (0: no cap).
+	// closed at once (0: no cap). Behind an outermost hop that listens
+	// itself, a connection is counted when the hop reports it on its
+	// Extended ORPort, and one above the cap is denied there.
 	MaxConns   int
 	OnChildLog func(program string, severity ptproc.Severity, message string)
 	// OnEvent, when set, hears when a child exits and is restarted.
