@@ -1,7 +1,11 @@
 package test
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -92,4 +96,33 @@ func TestPrivateTorNetworkMeek(t *testing.T) {
 		}
 	}
 	t.Logf("wall time %v", time.Since(start).Round(time.Second))
+}
+
+// Without tor: the meek server, a chain's outermost hop, listens on the
+// chain's address itself (its GET / answers there), and the port 0 it
+// refuses, as meek-server does, comes back in its own words.
+func TestServerMeekListensItself(t *testing.T) {
+	port := freePort(t)
+	srv := startStandalone(t, 1, bin("ptcombiner-server"), "--plugin", "meek="+bin("meekserver"), "--chain", "m=meek",
+		"--listen", fmt.Sprintf("m=127.0.0.1:%d", port), "--forward", echoServer(t), "--state-dir", t.TempDir())
+	if f := strings.Fields(srv[0]); len(f) < 3 || f[2] != fmt.Sprintf("127.0.0.1:%d", port) {
+		t.Fatalf("server printed %q, want the chain at the address it was given", srv[0])
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "happy little web server") {
+		t.Errorf("GET / at the chain's address: %q, want the meek server's answer", body)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), eventCeiling)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin("ptcombiner-server"), "--plugin", "meek="+bin("meekserver"), "--chain", "m=meek",
+		"--listen", "m=127.0.0.1:0", "--forward", "127.0.0.1:1", "--state-dir", t.TempDir()).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `chain m: hop 0 (meek): the program says: cannot listen on port 0`) {
+		t.Errorf("a meek chain on port 0: %v\n%s", err, out)
+	}
 }
