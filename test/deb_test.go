@@ -127,10 +127,23 @@ func TestDebPackage(t *testing.T) {
 		}
 	})
 	checkInstalled(t)
+	// Installing again (an upgrade, for dpkg) leaves the profile's one line.
+	dpkgRun(t, "-i", deb)
 	checkAppArmor(t, parser)
+	// An administrator who deletes the line keeps it deleted through upgrades.
+	if profileErr == nil {
+		os.WriteFile(localProfile, profileBefore, 0o644)
+	} else {
+		os.Remove(localProfile)
+	}
+	dpkgRun(t, "-i", deb)
+	if local, _ := os.ReadFile(localProfile); bytes.Contains(local, []byte(includeLine)) {
+		t.Errorf("an upgrade put back the line the administrator deleted:\n%s", local)
+	}
 
 	// The network: authority and exit as the test's user; bridge and
 	// client as debian-tor, each in a directory of its own.
+	netStart := time.Now()
 	n := startPrivateNet(t)
 	torDir := func(name string) string {
 		dir, err := os.MkdirTemp("", "ptcombiner-deb-"+name+"-")
@@ -152,7 +165,7 @@ func TestDebPackage(t *testing.T) {
 		fmt.Sprintf("ServerTransportListenAddr %s 127.0.0.1:%d", alias, freePort(t))}, n.relay...)...)
 	bridgelines := bridge.waitFile(t, "bridgelines", 60*time.Second)
 	n.waitBridgeReady(t, bridge)
-	t.Logf("network ready after %v", time.Since(start).Round(time.Second))
+	t.Logf("network ready %v after its start", time.Since(netStart).Round(time.Second))
 
 	socksPort := freePort(t)
 	clientStart := time.Now()
@@ -251,8 +264,8 @@ func gunzip(t *testing.T, path string) string {
 func checkAppArmor(t *testing.T, parser string) {
 	t.Helper()
 	local, _ := os.ReadFile(localProfile)
-	if !bytes.Contains(local, []byte("\n"+includeLine+"\n")) && !bytes.HasPrefix(local, []byte(includeLine+"\n")) {
-		t.Errorf("%s lacks %q:\n%s", localProfile, includeLine, local)
+	if n := strings.Count("\n"+string(local), "\n"+includeLine+"\n"); n != 1 {
+		t.Errorf("%s has %d lines %q, want 1:\n%s", localProfile, n, includeLine, local)
 	}
 	if _, err := os.Stat("/etc/apparmor.d/system_tor"); err != nil || parser == "" {
 		t.Logf("system_tor not compiled (profile: %v; apparmor_parser: %q)", err, parser)
