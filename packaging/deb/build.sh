@@ -49,7 +49,7 @@ if [ "${1:-}" = --version-of ]; then
 	debversion "$2" "${3:-0}"
 	exit 0
 fi
-[ $# -eq 1 ] || { sed -n '9,12p' "$0" >&2; exit 2; }
+[ $# -eq 1 ] || { sed -n '9,14p' "$0" >&2; exit 2; }
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
