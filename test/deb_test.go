@@ -103,17 +103,16 @@ func TestDebPackage(t *testing.T) {
 	deb := lines[len(lines)-1]
 	t.Logf("make deb: %s in %v", filepath.Base(deb), time.Since(start).Round(100*time.Millisecond))
 	if lintian != "" {
-		out, err := exec.Command(lintian, "--fail-on", "error", "--info", deb).CombinedOutput()
-		t.Logf("lintian --info (%v):\n%s", err, out)
+		out, err := exec.Command(lintian, "--fail-on", "error", "--info", "--pedantic", deb).CombinedOutput()
+		t.Logf("lintian --info --pedantic (%v):\n%s", err, out)
 		if err != nil {
 			t.Fatal("lintian reports an error")
 		}
 	}
 
 	// Install, and purge when the test ends (after its tors: cleanups run
-	// last first).
+	// last first), even if the installation fails half-way.
 	profileBefore, profileErr := os.ReadFile(localProfile)
-	dpkgRun(t, "-i", deb)
 	t.Cleanup(func() {
 		dpkgRun(t, "-P", debName)
 		for _, f := range []string{"/usr/bin/ptcombiner-client", "/usr/bin/ptcombiner-server", "/etc/apparmor.d/abstractions/ptcombiner"} {
@@ -126,6 +125,7 @@ func TestDebPackage(t *testing.T) {
 			t.Errorf("%s after purge: %q (%v), before install: %q (%v)", localProfile, after, err, profileBefore, profileErr)
 		}
 	})
+	dpkgRun(t, "-i", deb)
 	checkInstalled(t)
 	// Installing again (an upgrade, for dpkg) leaves the profile's one line.
 	dpkgRun(t, "-i", deb)
