@@ -8,12 +8,17 @@ LDFLAGS := -X github.com/ptcombiner/ptcombiner/internal/runner.Version=$(VERSION
 # How long each fuzz target runs in `make fuzz` (the seed corpora always run in `make test`).
 FUZZTIME ?= 30s
 
-.PHONY: all build demo demo-network test test-short fuzz bench ptbench clean
+.PHONY: all build deb demo demo-network test test-short fuzz bench ptbench clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/... ./test/testpt
+
+# The Debian package, in $(BIN)/: both programs, their man pages, the guides and
+# the AppArmor rules Debian's tor needs (packaging/deb/build.sh, docs/bridge.md).
+deb:
+	VERSION=$(VERSION) GO=$(GO) packaging/deb/build.sh $(BIN)
 
 # A local chain end to end: obfs4proxy when installed, else the project's test PT.
 demo: build
@@ -26,12 +31,14 @@ demo-network:
 	$(GO) test -count=1 -run '^TestPrivateTorNetwork$$' -v ./test/ 2>&1 | grep -v 'level=' | grep -E 'network_test|^(--- |    ---|ok|FAIL|PASS)'
 
 # Every test, with the race detector: unit tests, fuzz seed corpora, integration
-# tests against real obfs4proxy, and end-to-end tests with real tor; the private
-# Tor network runs last, verbose, so that its timings show.
+# tests against real obfs4proxy, and end-to-end tests with real tor; then the
+# Debian package, built, installed and run by tor as debian-tor (as root only);
+# the private Tor network runs last, verbose, so that its timings show.
 test:
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 40m -skip '^TestPrivateTorNetwork$$' ./...
+	$(GO) test -race -count=1 -timeout 40m -skip '^(TestPrivateTorNetwork|TestDebPackage)$$' ./...
 	$(GO) test -count=1 -run 'AllocatesNothing' ./shim/
+	$(GO) test -count=1 -run '^TestDebPackage$$' -v ./test/
 	$(MAKE) --no-print-directory demo-network
 
 test-short:

@@ -32,9 +32,11 @@ import (
 
 func main() {
 	app := &cli.App{
-		Name:    "ptcombiner-client",
-		Usage:   "chain Tor pluggable transports (run by tor as a ClientTransportPlugin)",
-		Version: runner.Version,
+		Name:        "ptcombiner-client",
+		Usage:       "chain Tor pluggable transports (run by tor as a ClientTransportPlugin)",
+		UsageText:   "ptcombiner-client [OPTIONS]",
+		Description: description,
+		Version:     runner.Version,
 		Flags: append(runner.Flags(),
 			&cli.DurationFlag{Name: "socks-timeout", Value: 10 * time.Second, Usage: "bound on reading an application's SOCKS request"},
 			&cli.DurationFlag{Name: "setup-timeout", Value: chain.DefaultSetupTimeout, Usage: "bound on setting up a chained connection (all hops)"},

@@ -29,9 +29,11 @@ import (
 
 func main() {
 	app := &cli.App{
-		Name:    "ptcombiner-server",
-		Usage:   "chain Tor pluggable transports on a bridge (run by tor as a ServerTransportPlugin)",
-		Version: runner.Version,
+		Name:        "ptcombiner-server",
+		Usage:       "chain Tor pluggable transports on a bridge (run by tor as a ServerTransportPlugin)",
+		UsageText:   "ptcombiner-server [OPTIONS]",
+		Description: description,
+		Version:     runner.Version,
 		Flags: append(runner.Flags(),
 			&cli.DurationFlag{Name: "handshake-timeout", Value: chain.DefaultHandshakeTimeout, Usage: "bound on each Extended ORPort handshake"},
 			&cli.DurationFlag{Name: "dial-timeout", Value: chain.DefaultDialTimeout, Usage: "bound on each dial into a hop or to tor"},
