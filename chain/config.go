@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -108,6 +110,11 @@ type Config struct {
 	// listen on itself instead of the server's own listener in front of it
 	// (OuterListens lines, --outer-listens; server side only).
 	OuterListens []string
+	// ProxyProtocol are the sources (a load balancer's addresses) whose
+	// connections to the chains' public listeners must start with a PROXY
+	// protocol header naming the client; a header from any other source is
+	// refused (ProxyProtocol lines, --proxy-protocol; server side only).
+	ProxyProtocol []netip.Prefix
 }
 
 // KnownIndirect are the methods of PTs that do not connect to the address
@@ -349,6 +356,14 @@ func (c *Config) parseDirective(words []string, role Role, src string) error {
 			return nil
 		}
 		return c.addOuterListens(words[1:], src)
+	case "proxyprotocol":
+		if len(words) < 2 {
+			return fmt.Errorf("%s: want ProxyProtocol CIDRS, as in ProxyProtocol 10.0.0.0/8,127.0.0.1", src)
+		}
+		if role != ServerRole {
+			return nil
+		}
+		return c.addProxyProtocol(strings.Join(words[1:], " "), src)
 	case "servertransportoptions":
 		if len(words) < 3 {
 			return fmt.Errorf("%s: want ServerTransportOptions ALIAS K=V [K=V...]", src)
@@ -374,7 +389,7 @@ func (c *Config) parseDirective(words []string, role Role, src string) error {
 		}
 		return nil
 	default:
-		return fmt.Errorf("%s: unknown directive %q (want ClientTransportPlugin, ServerTransportPlugin, Alias, ServerTransportOptions, Indirect or OuterListens)", src, words[0])
+		return fmt.Errorf("%s: unknown directive %q (want ClientTransportPlugin, ServerTransportPlugin, Alias, ServerTransportOptions, Indirect, OuterListens or ProxyProtocol)", src, words[0])
 	}
 }
 
@@ -447,6 +462,29 @@ func (c *Config) addOuterListens(aliases []string, source string) error {
 	return addNames(&c.OuterListens, "transport name", aliases, source)
 }
 
+// AddProxyProtocolFlag adds a --proxy-protocol CIDRS definition: sources,
+// comma separated, trusted to send a PROXY protocol header (server side).
+func (c *Config) AddProxyProtocolFlag(s string) error {
+	return c.addProxyProtocol(s, "--proxy-protocol "+s)
+}
+
+func (c *Config) addProxyProtocol(s, source string) error {
+	prefixes, err := ParseProxyProtocol(s)
+	if err != nil {
+		return fmt.Errorf("%s: %w", source, err)
+	}
+	c.mergeProxyProtocol(prefixes)
+	return nil
+}
+
+func (c *Config) mergeProxyProtocol(prefixes []netip.Prefix) {
+	for _, p := range prefixes {
+		if !slices.Contains(c.ProxyProtocol, p) {
+			c.ProxyProtocol = append(c.ProxyProtocol, p)
+		}
+	}
+}
+
 // IsIndirect reports whether method's PT ignores the address it is given:
 // a KnownIndirect method or one the configuration names.
 func (c *Config) IsIndirect(method string) bool {
@@ -495,6 +533,7 @@ func (c *Config) Merge(o *Config) {
 	c.Chains = append(c.Chains, o.Chains...)
 	addNames(&c.Indirect, "method name", o.Indirect, "")            // checked when o was built
 	addNames(&c.OuterListens, "transport name", o.OuterListens, "") // likewise
+	c.mergeProxyProtocol(o.ProxyProtocol)
 	for alias, args := range o.ServerOptions {
 		if c.ServerOptions == nil {
 			c.ServerOptions = make(map[string]metadata.Args)

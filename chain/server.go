@@ -57,6 +57,14 @@ type ServerOptions struct {
 	TorExtORPort  string
 	TorCookiePath string
 	TorORPort     string
+	// TorInstances are further Extended ORPorts, one per tor instance of
+	// one bridge (they share its identity keys): each finished stream goes
+	// to the one with the fewest open, skipping for a backoff one that
+	// fails (see torPool). TorExtORPort, when set, is the first.
+	TorInstances []TorInstance
+	// ProxyHeaderTimeout bounds the read of a PROXY protocol header
+	// (Config.ProxyProtocol; DefaultProxyHeaderTimeout).
+	ProxyHeaderTimeout time.Duration
 
 	// InProcess are a program's own in-process server transports, by
 	// method. A method of the configuration's builtin plugin (--builtin,
@@ -118,6 +126,7 @@ type Server struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	stamps  *stampBook
+	tor     *torPool // nil: no Extended ORPort
 	nextID  atomic.Uint64
 	open    atomic.Int64 // client connections open, for MaxConns
 	capWarn atomic.Bool
@@ -254,12 +263,23 @@ func NewServer(opt ServerOptions) *Server {
 	if opt.ArrivalTimeout <= 0 {
 		opt.ArrivalTimeout = DefaultArrivalTimeout
 	}
+	if opt.ProxyHeaderTimeout <= 0 {
+		opt.ProxyHeaderTimeout = DefaultProxyHeaderTimeout
+	}
 	log := opt.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{opt: opt, log: log, ctx: ctx, cancel: cancel, stamps: newStampBook()}
+	s := &Server{opt: opt, log: log, ctx: ctx, cancel: cancel, stamps: newStampBook()}
+	insts := opt.TorInstances
+	if opt.TorExtORPort != "" {
+		insts = append([]TorInstance{{ExtORPort: opt.TorExtORPort, CookiePath: opt.TorCookiePath}}, insts...)
+	}
+	if len(insts) > 0 {
+		s.tor = newTorPool(log, insts)
+	}
+	return s
 }
 
 func sameArgs(a, b metadata.Args) bool {
@@ -897,7 +917,11 @@ func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
 		return
 	}
 	defer release()
-	c := &serverConn{id: s.nextID.Add(1), chain: sc, client: conn.RemoteAddr().String(), public: conn}
+	client, ok := s.clientAddr(conn, sc.alias) // a PROXY header's, behind a load balancer
+	if !ok {
+		return
+	}
+	c := &serverConn{id: s.nextID.Add(1), chain: sc, client: client, public: conn}
 	s.next(c, len(sc.hops)-1, conn)
 }
 
@@ -1114,7 +1138,7 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 // toTor hands the application's stream, conn, to tor (or the --forward
 // service).
 func (s *Server) toTor(c *serverConn, conn net.Conn) {
-	tor, err := s.dialTor(c)
+	tor, release, err := s.dialTor(c)
 	if err != nil {
 		msg := "cannot reach tor (or the --forward service)"
 		if errors.As(err, new(*extorport.CookieFileError)) { // tor may rewrite it at any time
@@ -1124,6 +1148,7 @@ func (s *Server) toTor(c *serverConn, conn net.Conn) {
 		conn.Close()
 		return
 	}
+	defer release()
 	shim.Pipe(s.ctx, conn, tor)
 }
 
@@ -1141,24 +1166,24 @@ func CheckTorCookie(path string) error {
 	return nil
 }
 
-// dialTor opens the finished stream towards tor: its Extended ORPort with
-// the real client address and the alias, or its plain ORPort.
-func (s *Server) dialTor(c *serverConn) (*net.TCPConn, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.opt.DialTimeout)
-	defer cancel()
-	if s.opt.TorExtORPort != "" {
-		return extorport.Dial(ctx, s.opt.TorExtORPort,
-			extorport.ClientConfig{CookiePath: s.opt.TorCookiePath, Timeout: s.opt.HandshakeTimeout},
+// dialTor opens the finished stream towards tor: an Extended ORPort (of
+// one of the tor instances) with the real client address and the alias,
+// or its plain ORPort. release is called when the stream has closed.
+func (s *Server) dialTor(c *serverConn) (conn *net.TCPConn, release func(), err error) {
+	if s.tor != nil {
+		return s.tor.dial(s.ctx, s.opt.DialTimeout, s.opt.HandshakeTimeout,
 			extorport.Meta{UserAddr: c.client, Transport: c.chain.alias})
 	}
 	if s.opt.TorORPort == "" {
-		return nil, errors.New("tor gave neither an Extended ORPort nor an ORPort")
+		return nil, nil, errors.New("tor gave neither an Extended ORPort nor an ORPort")
 	}
-	conn, err := loopback.Dialer(s.opt.TorORPort).DialContext(ctx, "tcp", s.opt.TorORPort)
+	ctx, cancel := context.WithTimeout(s.ctx, s.opt.DialTimeout)
+	defer cancel()
+	raw, err := loopback.Dialer(s.opt.TorORPort).DialContext(ctx, "tcp", s.opt.TorORPort)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return conn.(*net.TCPConn), nil
+	return raw.(*net.TCPConn), func() {}, nil
 }
 
 // handlePlainOR refuses a child's connection to the plain ORPort: it carries

@@ -23,8 +23,11 @@ const maxReplyFrames = 64
 // but for CookiePath.
 type ClientConfig struct {
 	// CookiePath is tor's ExtORPort cookie file. It is read anew for every
-	// handshake, since tor rewrites it at every start.
+	// handshake, since tor rewrites it at every start, unless Cookie is set.
 	CookiePath string
+	// Cookie, when set, is the 32-byte cookie, already read from CookiePath
+	// by a caller that keeps it while the file is unchanged.
+	Cookie []byte
 	// Timeout bounds the whole handshake; 0 means DefaultTimeout.
 	Timeout time.Duration
 }
@@ -52,9 +55,11 @@ func clientHandshake(ctx context.Context, conn net.Conn, cfg ClientConfig, meta 
 			return err
 		}
 	}
-	cookie, err := ReadCookieFile(cfg.CookiePath)
-	if err != nil {
-		return err
+	cookie := cfg.Cookie
+	if cookie == nil {
+		if cookie, err = ReadCookieFile(cfg.CookiePath); err != nil {
+			return err
+		}
 	}
 	timeout := cfg.Timeout
 	if timeout <= 0 {

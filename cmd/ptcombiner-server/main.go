@@ -41,6 +41,9 @@ func main() {
 			&cli.IntFlag{Name: "max-conns", Value: 0, Usage: "cap on client connections open at once (0: none); further ones are closed at once"},
 			&cli.StringSliceFlag{Name: "indirect", Usage: "methods whose PT is indirect besides meek, snowflake and webtunnel: `METHODS`, comma separated; as a chain's outermost hop (the only place it may be) its server listens on the chain's public address itself (repeatable)"},
 			&cli.StringSliceFlag{Name: "outer-listens", Usage: "chains whose outermost hop, a direct PT program, listens on the chain's public address itself, with no listener of ptcombiner's in front: `ALIASES`, comma separated (repeatable)"},
+			&cli.StringSliceFlag{Name: "proxy-protocol", Usage: "sources trusted to send a PROXY protocol header (v1 or v2: HAProxy's send-proxy, send-proxy-v2), whose client address then goes to tor: `CIDRS`, comma separated, e.g. 127.0.0.1,10.0.0.0/8; they must send one, and any other source that sends one is refused (repeatable)"},
+			&cli.DurationFlag{Name: "proxy-header-timeout", Value: chain.DefaultProxyHeaderTimeout, Usage: "bound on the read of a PROXY protocol header"},
+			&cli.StringSliceFlag{Name: "tor-extorport", Category: "Standalone (without tor)", Usage: "a tor instance's Extended ORPort and the cookie file it writes: `ADDR=COOKIEFILE`; repeated, one per tor instance of one bridge, client connections are spread over them (fewest open first; one that fails is skipped and retried with backoff)"},
 			&cli.StringSliceFlag{Name: "listen", Category: "Standalone (without tor)", Usage: "a chain's public listener: `ALIAS=ADDR` (repeatable)"},
 			&cli.StringFlag{Name: "forward", Category: "Standalone (without tor)", Usage: "the TCP service `HOST:PORT` that finished streams go to"},
 			&cli.StringFlag{Name: "state-dir", Category: "Standalone (without tor)", Usage: "`DIR` for the hops' state, in-process or in PT programs (obfs4's keys: keep it)"},
@@ -59,6 +62,9 @@ func run(c *cli.Context) error {
 	}
 	if !runner.Managed() {
 		return runStandalone(c)
+	}
+	if len(c.StringSlice("tor-extorport")) > 0 {
+		return runner.Fail("ENV-ERROR", "ptcombiner-server: --tor-extorport is for a server run without tor (by systemd): run by tor, it uses tor's Extended ORPort")
 	}
 	log, closer, cfg, err := runner.ManagedSetup(c, chain.ServerRole, "ptcombiner-server")
 	if err != nil {
@@ -96,15 +102,16 @@ func run(c *cli.Context) error {
 		aliases = append(aliases, b.MethodName)
 	}
 	opt := chain.ServerOptions{
-		Config:           cfg,
-		StateDir:         own,
-		Logger:           log,
-		HandshakeTimeout: c.Duration("handshake-timeout"),
-		DialTimeout:      c.Duration("dial-timeout"),
-		StartTimeout:     c.Duration("start-timeout"),
-		MaxConns:         c.Int("max-conns"),
-		OnChildLog:       runner.RelayChildLog,
-		OnEvent:          func(e chain.Event) { runner.ReportEvent(cfg, aliases, e) },
+		Config:             cfg,
+		StateDir:           own,
+		Logger:             log,
+		HandshakeTimeout:   c.Duration("handshake-timeout"),
+		DialTimeout:        c.Duration("dial-timeout"),
+		StartTimeout:       c.Duration("start-timeout"),
+		MaxConns:           c.Int("max-conns"),
+		ProxyHeaderTimeout: c.Duration("proxy-header-timeout"),
+		OnChildLog:         runner.RelayChildLog,
+		OnEvent:            func(e chain.Event) { runner.ReportEvent(cfg, aliases, e) },
 	}
 	if info.ExtendedOrAddr != nil {
 		opt.TorExtORPort = info.ExtendedOrAddr.String()

@@ -35,8 +35,14 @@ func runStandalone(c *cli.Context) error {
 		return errors.New("not run by tor (TOR_PT_MANAGED_TRANSPORT_VER is not set) and no --listen given: nothing to do (see docs/bridge.md)")
 	}
 	forward := c.String("forward")
-	if forward == "" {
-		return errors.New("--forward HOST:PORT is required without tor: where finished streams go")
+	tors, err := torInstances(c.StringSlice("tor-extorport"))
+	switch {
+	case err != nil:
+		return err
+	case forward != "" && len(tors) > 0:
+		return errors.New("--forward and --tor-extorport: choose one (where finished streams go)")
+	case forward == "" && len(tors) == 0:
+		return errors.New("--forward HOST:PORT or --tor-extorport ADDR=COOKIEFILE is required without tor: where finished streams go")
 	}
 	stateDir := c.String("state-dir")
 	if stateDir == "" {
@@ -57,16 +63,24 @@ func runStandalone(c *cli.Context) error {
 	monitor := runner.NewMonitor(context.Background(), false)
 	defer monitor.Stop()
 	server := chain.NewServer(chain.ServerOptions{
-		Config:           cfg,
-		StateDir:         stateDir,
-		Logger:           log,
-		TorORPort:        forward,
-		HandshakeTimeout: c.Duration("handshake-timeout"),
-		DialTimeout:      c.Duration("dial-timeout"),
-		StartTimeout:     c.Duration("start-timeout"),
-		MaxConns:         c.Int("max-conns"),
+		Config:             cfg,
+		StateDir:           stateDir,
+		Logger:             log,
+		TorORPort:          forward,
+		TorInstances:       tors,
+		ProxyHeaderTimeout: c.Duration("proxy-header-timeout"),
+		HandshakeTimeout:   c.Duration("handshake-timeout"),
+		DialTimeout:        c.Duration("dial-timeout"),
+		StartTimeout:       c.Duration("start-timeout"),
+		MaxConns:           c.Int("max-conns"),
 	})
 	defer server.Close()
+	for _, ti := range tors {
+		if err := chain.CheckTorCookie(ti.CookiePath); err != nil {
+			// Tor may start after us; each connection reads it again.
+			log.Warn("a tor instance's cookie file cannot be read yet", "extorport", ti.ExtORPort, "err", err)
+		}
+	}
 	startCtx, cancelStart := monitor.ExitContext()
 	published, err := server.Start(startCtx, binds)
 	cancelStart()
@@ -97,4 +111,20 @@ func runStandalone(c *cli.Context) error {
 	}
 	log.Info("exiting", "reason", monitor.Why())
 	return server.Close()
+}
+
+// torInstances reads --tor-extorport ADDR=COOKIEFILE values.
+func torInstances(flags []string) ([]chain.TorInstance, error) {
+	var out []chain.TorInstance
+	for _, f := range flags {
+		addr, cookie, ok := strings.Cut(f, "=")
+		if !ok || cookie == "" {
+			return nil, fmt.Errorf("--tor-extorport %q: want ADDR=COOKIEFILE, as in 127.0.0.1:7001=/var/lib/tor-instances/a/extended_orport_auth_cookie", f)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("--tor-extorport %q: %w", f, err)
+		}
+		out = append(out, chain.TorInstance{ExtORPort: addr, CookiePath: cookie})
+	}
+	return out, nil
 }

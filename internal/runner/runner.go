@@ -42,7 +42,8 @@ func Flags() []cli.Flag {
 }
 
 // LoadConfig builds the configuration from --config and the --plugin,
-// --builtin, --chain, --indirect and (server) --outer-listens flags, and
+// --builtin, --chain, --indirect and (server) --outer-listens and
+// --proxy-protocol flags, and
 // validates it.
 func LoadConfig(c *cli.Context, role chain.Role) (*chain.Config, error) {
 	cfg := &chain.Config{}
@@ -75,6 +76,11 @@ func LoadConfig(c *cli.Context, role chain.Role) (*chain.Config, error) {
 	}
 	for _, a := range c.StringSlice("outer-listens") { // the server's flag
 		if err := cfg.AddOuterListensFlag(a); err != nil {
+			return nil, err
+		}
+	}
+	for _, a := range c.StringSlice("proxy-protocol") { // the server's flag
+		if err := cfg.AddProxyProtocolFlag(a); err != nil {
 			return nil, err
 		}
 	}
