@@ -112,8 +112,8 @@ func (s *Server) clientAddr(conn *net.TCPConn, alias string) (string, bool) {
 	}
 	h, n, err := readProxyHeader(conn)
 	switch {
-	case n == 0 && (errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded)):
-		return refuse(s.log.Debug, "a trusted source sent no PROXY header (a health check?)", err)
+	case n == 0 && err != nil: // closed, reset or silent: nothing was said
+		return refuse(s.log.Debug, "a trusted source ended or said nothing before a PROXY header: a health check", err)
 	case err != nil:
 		return refuse(s.log.Warn, "a source that --proxy-protocol trusts sent no valid PROXY header", err)
 	}
@@ -124,8 +124,11 @@ func (s *Server) clientAddr(conn *net.TCPConn, alias string) (string, bool) {
 	if !client.IsValid() {
 		// proxy-protocol.txt 2.2: with LOCAL "the receiver must accept this
 		// connection as valid and must use the real connection endpoints";
-		// v1's UNKNOWN likewise. A health check, as a rule.
-		s.log.Debug("a PROXY header without a client (LOCAL or UNKNOWN): the connection's own address stands", "chain", alias, "from", remote)
+		// v1's UNKNOWN likewise. HAProxy's health checks send one and close:
+		// such a connection ends here rather than in the chain's hops.
+		if _, err := peek(conn, make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return refuse(s.log.Debug, "a PROXY header without a client (LOCAL or UNKNOWN), then the end: a health check", err)
+		}
 		return remote, true
 	}
 	return client.String(), true

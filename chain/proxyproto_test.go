@@ -194,12 +194,23 @@ func TestServerProxyProtocolTrusted(t *testing.T) {
 	before := len(aboveDebug(ts.logs))
 	c := dialFrom(t, "127.0.0.2", public)
 	c.Close()
-	if err := waitLog(ts.logs, eventCeiling, "level=DEBUG", "a trusted source sent no PROXY header", "err=EOF"); err != nil {
+	if err := waitLog(ts.logs, eventCeiling, "level=DEBUG", "a trusted source ended or said nothing before a PROXY header", "err=EOF"); err != nil {
 		t.Error(err)
 	}
 	c = dialFrom(t, "127.0.0.2", public)
 	if !refused(c) {
 		t.Error("a silent trusted connection is not closed after the header timeout")
+	}
+	for _, h := range [][]byte{mustFormat(t, &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL}), []byte("PROXY UNKNOWN\r\n")} {
+		c = dialFrom(t, "127.0.0.2", public)
+		c.Write(h)
+		c.CloseWrite()
+		if !refused(c) {
+			t.Errorf("%q then the end: not closed", h)
+		}
+	}
+	if err := waitLog(ts.logs, eventCeiling, "level=DEBUG", "then the end: a health check"); err != nil {
+		t.Error(err)
 	}
 	if got := aboveDebug(ts.logs); len(got) != before {
 		t.Errorf("health checks logged above debug: %q", got[before:])
