@@ -69,7 +69,7 @@ func TestPrivateTorNetworkTwoInstances(t *testing.T) {
 	}
 	for _, in := range insts {
 		in.tor.waitFile(t, "extended_orport_auth_cookie", eventCeiling)
-		if b, _ := os.ReadFile(filepath.Join(in.tor.dir, "fingerprint")); !strings.Contains(string(b), fp) {
+		if b := in.tor.waitFile(t, "fingerprint", eventCeiling); !strings.Contains(b, fp) {
 			t.Fatalf("%s's fingerprint file %q does not name the shared identity %s", in.tor.name, b, fp)
 		}
 	}
