@@ -26,7 +26,7 @@ const haproxySource = "127.0.0.2"
 // It returns the frontends' addresses, by option.
 func startHAProxy(t *testing.T, backend string, options ...string) map[string]string {
 	t.Helper()
-	haproxy := requireProgram(t, "haproxy")
+	haproxy := haproxyPath(t)
 	cfg := []string{"global", "    maxconn 4096", "defaults", "    mode tcp",
 		"    timeout connect 10s", "    timeout client 10m", "    timeout server 10m"}
 	fronts := map[string]string{}
@@ -74,6 +74,18 @@ func startHAProxy(t *testing.T, backend string, options ...string) map[string]st
 		})
 	}
 	return fronts
+}
+
+// haproxyPath is Debian's haproxy, which lives in /usr/sbin, a directory
+// not every user's PATH has.
+func haproxyPath(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		if _, err := os.Stat("/usr/sbin/haproxy"); err == nil {
+			return "/usr/sbin/haproxy"
+		}
+	}
+	return requireProgram(t, "haproxy")
 }
 
 // forgedRefused connects to addr from an untrusted source, sends a PROXY
@@ -169,7 +181,7 @@ func TestPrivateTorNetworkHAProxy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a private Tor network")
 	}
-	requireProgram(t, "haproxy")
+	haproxyPath(t)
 	const alias = "obfs4"
 	start := time.Now()
 	pn := startPrivNet(t)

@@ -42,7 +42,7 @@ func runStandalone(c *cli.Context) error {
 	case forward != "" && len(tors) > 0:
 		return errors.New("--forward and --tor-extorport: choose one (where finished streams go)")
 	case forward == "" && len(tors) == 0:
-		return errors.New("--forward HOST:PORT or --tor-extorport ADDR=COOKIEFILE is required without tor: where finished streams go")
+		return errors.New("--forward HOST:PORT is required without tor: where finished streams go (or --tor-extorport ADDR=COOKIEFILE, once per tor instance)")
 	}
 	stateDir := c.String("state-dir")
 	if stateDir == "" {
