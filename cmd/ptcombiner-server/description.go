@@ -15,4 +15,6 @@ stream to tor's Extended ORPort with the real client's address and the chain's a
 (The ServerTransportPlugin line is one line in a torrc.) Tor writes the chain's Bridge line for users,
 with each hop's arguments numbered, to DataDirectory/bridgelines.
 
-Run without tor, --listen and --forward put a chain in front of any TCP service.`
+Run without tor, --listen and --forward put a chain in front of any TCP service, and --listen with
+--tor-extorport ADDR=COOKIEFILE, once per tor instance of one bridge, spreads the clients over those instances.
+Behind a load balancer, --proxy-protocol takes each client's address from its PROXY header.`
