@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+	"go.uber.org/goleak"
 
 	"github.com/ptcombiner/ptcombiner/metadata"
 	"github.com/ptcombiner/ptcombiner/transport"
@@ -141,6 +142,7 @@ func header(t *testing.T, version byte, src, dst string) []byte {
 // malformed one, the connection is refused; one closed before its first
 // byte, or silent, leaves nothing above debug in the log.
 func TestServerProxyProtocolTrusted(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // runs last, after the server's and tor's cleanup
 	ts, tor, public := ppServer(t)
 	for _, tc := range []struct {
 		name   string
@@ -241,6 +243,7 @@ func aboveDebug(l *logBuf) []string {
 // does not is served as without --proxy-protocol, its own address the
 // client's; one closed before its first byte logs nothing above debug.
 func TestServerProxyProtocolUntrusted(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
 	ts, tor, public := ppServer(t)
 	for _, h := range [][]byte{header(t, 1, "203.0.113.66:1234", "192.0.2.1:443"), header(t, 2, "203.0.113.66:1234", "192.0.2.1:443")} {
 		c := dialFrom(t, "127.0.0.1", public)
