@@ -89,18 +89,22 @@ func startTorIn(t testing.TB, name, dir string, lines ...string) *torInstance {
 	return ti
 }
 
-func (ti *torInstance) stop() {
+func (ti *torInstance) stop() { stopChild(ti.cmd, ti.done) }
+
+// stopChild ends a child the test started, whose Wait closes done: SIGTERM,
+// then SIGKILL after 10 s.
+func stopChild(cmd *exec.Cmd, done <-chan struct{}) {
 	select {
-	case <-ti.done:
+	case <-done:
 		return
 	default:
 	}
-	ti.cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-ti.done:
+	case <-done:
 	case <-time.After(10 * time.Second):
-		ti.cmd.Process.Kill()
-		<-ti.done
+		cmd.Process.Kill()
+		<-done
 	}
 }
 
