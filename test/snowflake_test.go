@@ -301,7 +301,7 @@ func snowflakeInNamespace(t *testing.T) {
 	// The proxy's NAT probe (a fixed URL of the Tor Project's broker) fails
 	// here at once: its NAT type stays "unknown", a proxy the broker gives
 	// to unrestricted clients only.
-	startDaemon(t, "snowflake-proxy", sfProxy, "-broker", brokerURL, "-stun", stunURL, "-keep-local-addresses",
+	proxy := startDaemon(t, "snowflake-proxy", sfProxy, "-broker", brokerURL, "-stun", stunURL, "-keep-local-addresses",
 		"-allow-non-tls-relay", "-allowed-relay-hostname-pattern", "127.0.0.1$", "-relay", fmt.Sprintf("ws://127.0.0.1:%d/", wsPort),
 		"-nat-retest-interval", "0", "-unsafe-logging", "-verbose")
 	waitFor(t, "the proxy to poll the broker", eventCeiling, func() bool {
@@ -347,7 +347,8 @@ func snowflakeInNamespace(t *testing.T) {
 	})
 	client.waitLog(t, "Bootstrapped 100% (done)", 150*time.Second)
 	toFull := time.Since(clientStart)
-	t.Logf("%s: bootstrapped to 100%% in %v", alias, toFull.Round(100*time.Millisecond))
+	t.Logf("%s: bootstrapped to 100%% in %v; snowflake-client's %q", alias, toFull.Round(100*time.Millisecond),
+		findLine(filepath.Join(dir, "snowflake-client.log"), "NAT Type:"))
 	network.fetchAll(t, socksPort, newRetryBudget(t, "a fetch through tor that failed", 0.5))
 
 	// The bridge's tor saw the alias, and as USERADDR what snowflake-server
@@ -364,6 +365,11 @@ func snowflakeInNamespace(t *testing.T) {
 		if !strings.Contains(l, "to '"+want+"'") {
 			t.Errorf("USERADDR is not the %s snowflake-server reported: %s", want, l)
 		}
+	}
+	// The bytes went through the proxy, which reached the bridge's
+	// snowflake-server at the chain's public address.
+	if findLine(proxy.log, fmt.Sprintf("connected to relay: ws://127.0.0.1:%d/", wsPort)) == "" {
+		t.Error("snowflake-proxy never connected to the bridge's WebSocket address")
 	}
 	if n := dialed.Load(); n != 0 {
 		t.Errorf("%d connections to the Bridge line's address, which snowflake never dials", n)
