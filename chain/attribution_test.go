@@ -99,6 +99,16 @@ type testptConn struct {
 // dialTestPT dials addr and opens a chain of len(keys) test PT hops, with
 // keys[i] for hop i (innermost first).
 func dialTestPT(addr string, keys []byte) (*testptConn, error) {
+	methods := make([]string, len(keys))
+	for i := range methods {
+		methods[i] = "test"
+	}
+	return dialTestPTMethods(addr, methods, keys)
+}
+
+// dialTestPTMethods is dialTestPT for hops of the test PT's methods, hop i
+// of methods[i] with keys[i].
+func dialTestPTMethods(addr string, methods []string, keys []byte) (*testptConn, error) {
 	raw, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
 		return nil, err
@@ -106,7 +116,7 @@ func dialTestPT(addr string, keys []byte) (*testptConn, error) {
 	c := &testptConn{conn: raw.(*net.TCPConn)}
 	var headers []byte
 	for i := len(keys) - 1; i >= 0; i-- {
-		headers = append(headers, xored([]byte(fmt.Sprintf("TESTPT1 test %d\n", keys[i])), c.key)...)
+		headers = append(headers, xored([]byte(fmt.Sprintf("TESTPT1 %s %d\n", methods[i], keys[i])), c.key)...)
 		c.key ^= keys[i]
 	}
 	if _, err := c.conn.Write(headers); err != nil {
@@ -184,15 +194,7 @@ func startTestServer(t *testing.T, opt ServerOptions, opts map[string]metadata.A
 	if err := cfg.AddPluginFlag("test=" + testpt); err != nil {
 		t.Fatal(err)
 	}
-	var binds []Bind
-	for _, ch := range chains {
-		if err := cfg.AddChainFlag(ch); err != nil {
-			t.Fatal(err)
-		}
-		alias, _, _ := strings.Cut(ch, "=")
-		binds = append(binds, Bind{Alias: alias, Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}})
-	}
-	ts, pubs := startServerConfig(t, cfg, opt, binds)
+	ts, pubs := startServerConfig(t, cfg, opt, addChains(t, cfg, nil, chains...))
 	for _, p := range pubs {
 		if p.Err != nil {
 			t.Fatalf("%s: %v", p.Alias, p.Err)

@@ -100,8 +100,14 @@ type Config struct {
 	// N.key hop prefixes still on (server side only).
 	ServerOptions map[string]metadata.Args
 	// Indirect names methods, besides KnownIndirect, whose PT does not
-	// connect to the address it is given (Indirect lines, --indirect).
+	// connect to the address it is given (Indirect lines, --indirect); on
+	// the bridge their server serves the public address itself.
 	Indirect []string
+	// OuterListens names chains (aliases, or methods as one-hop chains)
+	// whose outermost hop, a direct PT, is given the public address to
+	// listen on itself instead of the server's own listener in front of it
+	// (OuterListens lines, --outer-listens; server side only).
+	OuterListens []string
 }
 
 // KnownIndirect are the methods of PTs that do not connect to the address
@@ -110,6 +116,12 @@ type Config struct {
 // snowflake talks to its broker and to WebRTC proxies, webtunnel connects
 // to the host of its url=. Such a method can only be the last hop of a
 // chain; a configuration names others with Indirect.
+//
+// On the bridge the same names are the servers' own (the SMETHOD names of
+// meek-server, snowflake-server and webtunnel's server; meek_lite is
+// obfs4proxy's client of meek-server): what reaches them is a CDN, a
+// snowflake proxy or a web server, not the client, so their server must
+// listen on the chain's public address itself, as the outermost hop.
 var KnownIndirect = []string{"meek", "meek_lite", "snowflake", "webtunnel"}
 
 // IsIdentifier reports whether s is a C identifier, [a-zA-Z_][a-zA-Z0-9_]*,
@@ -278,8 +290,10 @@ func (c *Config) addChain(alias, spec, source string) error {
 //	Alias ALIAS CHAIN
 //	ServerTransportOptions ALIAS K=V [K=V...]
 //	Indirect METHOD [METHOD...]
+//	OuterListens ALIAS [ALIAS...]
 //
-// The other role's plugin and option lines are accepted and skipped.
+// The other role's plugin and option lines (OuterListens is the server's)
+// are accepted and skipped.
 func ParseFile(path string, role Role) (*Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -327,6 +341,14 @@ func (c *Config) parseDirective(words []string, role Role, src string) error {
 			return fmt.Errorf("%s: want Indirect METHOD [METHOD...], as in Indirect dnstt", src)
 		}
 		return c.addIndirect(words[1:], src)
+	case "outerlistens":
+		if len(words) < 2 {
+			return fmt.Errorf("%s: want OuterListens ALIAS [ALIAS...], as in OuterListens obfs4", src)
+		}
+		if role != ServerRole {
+			return nil
+		}
+		return c.addOuterListens(words[1:], src)
 	case "servertransportoptions":
 		if len(words) < 3 {
 			return fmt.Errorf("%s: want ServerTransportOptions ALIAS K=V [K=V...]", src)
@@ -352,7 +374,7 @@ func (c *Config) parseDirective(words []string, role Role, src string) error {
 		}
 		return nil
 	default:
-		return fmt.Errorf("%s: unknown directive %q (want ClientTransportPlugin, ServerTransportPlugin, Alias, ServerTransportOptions or Indirect)", src, words[0])
+		return fmt.Errorf("%s: unknown directive %q (want ClientTransportPlugin, ServerTransportPlugin, Alias, ServerTransportOptions, Indirect or OuterListens)", src, words[0])
 	}
 }
 
@@ -397,15 +419,32 @@ func (c *Config) AddIndirectFlag(s string) error {
 }
 
 func (c *Config) addIndirect(methods []string, source string) error {
-	for _, m := range methods {
-		if !IsIdentifier(m) {
-			return fmt.Errorf("%s: method name %q is not a C identifier ([a-zA-Z_][a-zA-Z0-9_]*)", source, m)
+	return addNames(&c.Indirect, "method name", methods, source)
+}
+
+// addNames adds names, each a C identifier, to list, each once; what says
+// what they are in the error.
+func addNames(list *[]string, what string, names []string, source string) error {
+	for _, n := range names {
+		if !IsIdentifier(n) {
+			return fmt.Errorf("%s: %s %q is not a C identifier ([a-zA-Z_][a-zA-Z0-9_]*)", source, what, n)
 		}
-		if !c.IsIndirect(m) {
-			c.Indirect = append(c.Indirect, m)
+		if !contains(*list, n) {
+			*list = append(*list, n)
 		}
 	}
 	return nil
+}
+
+// AddOuterListensFlag adds an --outer-listens ALIASES definition: chains,
+// comma separated, whose outermost hop listens on the public address
+// itself (server side).
+func (c *Config) AddOuterListensFlag(s string) error {
+	return c.addOuterListens(strings.Split(s, ","), "--outer-listens "+s)
+}
+
+func (c *Config) addOuterListens(aliases []string, source string) error {
+	return addNames(&c.OuterListens, "transport name", aliases, source)
 }
 
 // IsIndirect reports whether method's PT ignores the address it is given:
@@ -414,17 +453,37 @@ func (c *Config) IsIndirect(method string) bool {
 	return contains(KnownIndirect, method) || contains(c.Indirect, method)
 }
 
-// CheckPlacement reports an indirect method anywhere but last in ch: its
-// PT would never connect to the next hop's shim, and every connection
-// would wait for the setup timeout before failing.
-func (c *Config) CheckPlacement(ch Chain) error {
+// OutermostListens reports whether, on the bridge, ch's outermost hop is
+// given ch's public address to listen on itself: it is indirect (it must),
+// or ch is named by OuterListens (it may). Declared, never guessed.
+func (c *Config) OutermostListens(ch Chain) bool {
+	if len(ch.Hops) == 0 {
+		return false
+	}
+	return c.IsIndirect(ch.Hops[len(ch.Hops)-1]) || contains(c.OuterListens, ch.Alias)
+}
+
+// CheckPlacement reports an indirect method anywhere but last in ch, for
+// the client: CheckPlacementFor(ch, ClientRole).
+func (c *Config) CheckPlacement(ch Chain) error { return c.CheckPlacementFor(ch, ClientRole) }
+
+// CheckPlacementFor reports an indirect method anywhere but last in ch.
+// On the client its PT would never connect to the next hop's shim, and
+// every connection would wait for the setup timeout before failing; on the
+// bridge its server listens on the public address itself, so no hop can
+// be outside it.
+func (c *Config) CheckPlacementFor(ch Chain, role Role) error {
 	if len(ch.Hops) == 0 {
 		return nil
+	}
+	why := "it reaches its own front, broker or URL instead of the address it is given, so nothing can follow it; it can only be the last hop of a chain"
+	if role == ServerRole {
+		why = "its server listens on the chain's public address itself (its CDN, proxies or web server reach it there), so no hop can be outside it; it can only be the last (outermost) hop of a chain"
 	}
 	var errs []error
 	for i, m := range ch.Hops[:len(ch.Hops)-1] {
 		if c.IsIndirect(m) {
-			errs = append(errs, fmt.Errorf("hop %d %q is an indirect PT: it reaches its own front, broker or URL instead of the address it is given, so nothing can follow it; it can only be the last hop of a chain (%s)", i, m, ch.Source))
+			errs = append(errs, fmt.Errorf("hop %d %q is an indirect PT: %s (%s)", i, m, why, ch.Source))
 		}
 	}
 	return errors.Join(errs...)
@@ -434,11 +493,8 @@ func (c *Config) CheckPlacement(ch Chain) error {
 func (c *Config) Merge(o *Config) {
 	c.Plugins = append(c.Plugins, o.Plugins...)
 	c.Chains = append(c.Chains, o.Chains...)
-	for _, m := range o.Indirect {
-		if !contains(c.Indirect, m) {
-			c.Indirect = append(c.Indirect, m)
-		}
-	}
+	addNames(&c.Indirect, "method name", o.Indirect, "")            // checked when o was built
+	addNames(&c.OuterListens, "transport name", o.OuterListens, "") // likewise
 	for alias, args := range o.ServerOptions {
 		if c.ServerOptions == nil {
 			c.ServerOptions = make(map[string]metadata.Args)
@@ -483,6 +539,11 @@ func (c *Config) Validate() error {
 	for alias := range c.ServerOptions {
 		if _, ok := c.Lookup(alias); !ok {
 			errs = append(errs, fmt.Errorf("ServerTransportOptions for %q, which is no alias or method", alias))
+		}
+	}
+	for _, alias := range c.OuterListens {
+		if _, ok := c.Lookup(alias); !ok {
+			errs = append(errs, fmt.Errorf("OuterListens %q, which is no alias or method", alias))
 		}
 	}
 	return errors.Join(errs...)

@@ -60,6 +60,15 @@
 // tor, with the real client's address and the alias (toTor), or to the
 // TCP service.
 //
+// An outermost hop that must serve the public address itself (an indirect
+// PT's server: meek, snowflake, webtunnel, or a method the configuration
+// declares Indirect) is given the chain's bind address as its
+// TOR_PT_SERVER_BINDADDR and owns that listener; so may a direct PT's, for
+// chains named by OuterListens (Config.OutermostListens). Nothing is dialled
+// into it: each of its Extended ORPort arrivals starts a chain connection
+// (arrive), counted by MaxConns, attributed with the USERADDR it reports,
+// unchanged, or none, and the hops inside it are stamped as ever.
+//
 // # The Go API
 //
 // NewClient, then Start with the chains wanted, returns a Client whose Dial

@@ -79,7 +79,9 @@ type ServerOptions struct {
 	// 90 s before it closes.
 	ArrivalTimeout time.Duration
 	// MaxConns caps the client connections open at once; further ones are
-	// closed at once (0: no cap).
+	// closed at once (0: no cap). Behind an outermost hop that listens
+	// itself, a connection is counted when the hop reports it on its
+	// Extended ORPort, and one above the cap is denied there.
 	MaxConns   int
 	OnChildLog func(program string, severity ptproc.Severity, message string)
 	// OnEvent, when set, hears when a child exits and is restarted.
@@ -95,7 +97,9 @@ type Bind struct {
 }
 
 // Published is what the server offers for one Bind: the address it listens
-// on and the arguments clients need (N.key for hop N), or why it cannot.
+// on (or, when the chain's outermost hop listens itself, the address that
+// hop's PT reports) and the arguments clients need (N.key for hop N), or why
+// it cannot.
 type Published struct {
 	Alias string
 	Addr  *net.TCPAddr
@@ -140,6 +144,10 @@ type serverChild struct {
 	sup     *supervisor
 	err     error // why it could not start
 	warned  atomic.Bool
+	// public, when set, is the chain's public address that this child
+	// listens on itself, as that chain's outermost hop; it serves that
+	// slot alone.
+	public *publicHop
 
 	// stateDir is its TOR_PT_STATE_LOCATION, a name under the server's
 	// state directory; copyOf, when set, the directory it starts as a copy
@@ -163,6 +171,54 @@ func (c *serverChild) addr(method string) (*net.TCPAddr, error) {
 
 func (c *serverChild) name() string { return filepath.Base(c.path) + "#" + strconv.Itoa(c.id) }
 
+// publicHop is a chain's outermost hop whose PT listens on the chain's
+// public address itself (Config.OutermostListens): an indirect PT's server
+// (meek-server, snowflake-server, webtunnel's), which its CDN, proxies or
+// web server reach there, or a direct PT an operator named with
+// OuterListens. The server dials nothing into it: every connection it
+// makes to its Extended ORPort is a new client connection of the chain,
+// attributed with what it reports.
+type publicHop struct {
+	method string
+	chain  *serverChain
+
+	mu   sync.Mutex
+	bind netip.AddrPort // its TOR_PT_SERVER_BINDADDR; a port 0 is pinned at the first start
+
+	addr    *net.TCPAddr // where it listens (its SMETHOD), once the chain is open
+	serving atomic.Bool  // the chain is open and not draining
+}
+
+// bindAddr is the address the child is told to listen on: the one tor gave,
+// with the port it got the first time when that was 0, so that a restarted
+// child listens where the published Bridge line says.
+func (h *publicHop) bindAddr() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.bind.String()
+}
+
+// pin keeps the port p listens on for the next starts, if tor gave none.
+func (h *publicHop) pin(p *ptproc.Process) {
+	sm, ok := p.ServerMethods()[h.method]
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ok && h.bind.Port() == 0 {
+		h.bind = netip.AddrPortFrom(h.bind.Addr(), uint16(sm.Addr.Port))
+	}
+}
+
+// bindAddrPort is a, as TOR_PT_SERVER_BINDADDR names it: IPv4 unmapped, and
+// 0.0.0.0 for no IP (every address, as net.ListenTCP reads it).
+func bindAddrPort(a *net.TCPAddr) netip.AddrPort {
+	ap := a.AddrPort()
+	ip := ap.Addr().Unmap()
+	if !ip.IsValid() {
+		ip = netip.IPv4Unspecified()
+	}
+	return netip.AddrPortFrom(ip, ap.Port())
+}
+
 // hopEndpoint is what serves position i of a chain: an external program
 // (child) or an in-process transport (inproc).
 type hopEndpoint struct {
@@ -175,6 +231,8 @@ type serverChain struct {
 	alias string
 	hops  []hopEndpoint // innermost first
 }
+
+func (sc *serverChain) outermost() hopEndpoint { return sc.hops[len(sc.hops)-1] }
 
 // NewServer prepares a server; Start launches it.
 func NewServer(opt ServerOptions) *Server {
@@ -222,6 +280,9 @@ type hopSlot struct {
 	plugin    int
 	opts      metadata.Args
 	transport transport.ServerTransport // nil: a child serves the slot
+	// listen, when set, is the public address the slot's child listens on
+	// itself (an outermost hop of Config.OutermostListens).
+	listen *net.TCPAddr
 }
 
 // placeSlots gives every slot its child or in-process hop (see stateDirs):
@@ -319,10 +380,15 @@ func (s *Server) program(plugin int) string {
 // from an earlier run (dir), only a child keeping its state there, or in a
 // copy of it, will do. A child serves one option set per method; when no
 // child fits, childFor adds one: in dir, or in a copy of dir when another
-// child holds it, or for a new slot in a new directory.
+// child holds it, or for a new slot in a new directory. A slot whose child
+// listens on the public address itself gets a child of its own: the
+// child's one listener for the method is that address.
 func (s *Server) childFor(sl hopSlot, dir string, dirs *stateDirs) *serverChild {
 	for _, c := range s.children {
-		if c.plugin != sl.plugin || (dir != "" && c.stateDir != dir && c.copyOf != dir) {
+		if sl.listen != nil {
+			break
+		}
+		if c.public != nil || c.plugin != sl.plugin || (dir != "" && c.stateDir != dir && c.copyOf != dir) {
 			continue
 		}
 		if canServe(c.options, sl.Method, sl.opts) {
@@ -333,6 +399,9 @@ func (s *Server) childFor(sl hopSlot, dir string, dirs *stateDirs) *serverChild 
 	p := s.opt.Config.Plugins[sl.plugin]
 	c := &serverChild{id: len(s.children), plugin: sl.plugin, path: p.Path, args: p.Args,
 		options: map[string]metadata.Args{sl.Method: sl.opts}, stateDir: dir}
+	if sl.listen != nil {
+		c.public = &publicHop{method: sl.Method, bind: bindAddrPort(sl.listen)}
+	}
 	if dir == "" || s.holds(dir) {
 		c.stateDir, c.copyOf = s.newStateDir(sl, dirs), dir
 	}
@@ -395,19 +464,26 @@ func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
 
 	out := make([]Published, len(binds))
 	plans := make([]*chainPlan, len(binds))
+	clashes := sharedAddrs(binds)
 	var slots []hopSlot
 	s.mu.Lock()
 	for i, b := range binds {
 		out[i] = Published{Alias: b.Alias}
+		if out[i].Err = clashes[i]; out[i].Err != nil {
+			continue
+		}
 		if plans[i], out[i].Err = s.planChain(b); plans[i] != nil {
 			plans[i].first = len(slots)
 			slots = append(slots, plans[i].slots...)
 		}
 	}
 	placed := s.placeSlots(dirs, slots)
-	for _, p := range plans {
+	for i, p := range plans {
 		if p != nil {
-			p.hops = placed[p.first : p.first+len(p.slots)]
+			p.chain = &serverChain{alias: binds[i].Alias, hops: placed[p.first : p.first+len(p.slots)]}
+			if outer := p.chain.outermost(); outer.child != nil && outer.child.public != nil {
+				outer.child.public.chain = p.chain
+			}
 		}
 	}
 	children := append([]*serverChild(nil), s.children...)
@@ -429,11 +505,33 @@ func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
 }
 
 // chainPlan is one Bind's chain on its way to its listener: its slots,
-// from its first one in Start's list of all, and what serves each.
+// from its first one in Start's list of all, and the chain of what serves
+// each.
 type chainPlan struct {
 	slots []hopSlot
 	first int
-	hops  []hopEndpoint
+	chain *serverChain
+}
+
+// sharedAddrs refuses every chain whose public address another chain of
+// binds is given too (the same port, not 0, and the same IP or a wildcard
+// on either side): one address has one listener, the server's or a PT's,
+// and which chain should have it would be a guess.
+func sharedAddrs(binds []Bind) []error {
+	errs := make([]error, len(binds))
+	for i, a := range binds {
+		for j, b := range binds {
+			if i == j || a.Addr == nil || b.Addr == nil || a.Addr.Port == 0 || a.Addr.Port != b.Addr.Port {
+				continue
+			}
+			ai, bi := bindAddrPort(a.Addr).Addr(), bindAddrPort(b.Addr).Addr()
+			if ai == bi || ai.IsUnspecified() || bi.IsUnspecified() {
+				errs[i] = fmt.Errorf("chains %s and %s are both given %v (ServerTransportListenAddr): one address has one listener; give each chain its own", a.Alias, b.Alias, a.Addr)
+				break
+			}
+		}
+	}
+	return errs
 }
 
 // planChain checks b's chain and returns its slots with their options.
@@ -447,7 +545,7 @@ func (s *Server) planChain(b Bind) (*chainPlan, error) {
 	}
 	// An indirect PT's server (meek-server, snowflake-server) faces its
 	// own front or proxies, so on the bridge too it can only be outermost.
-	if err := s.opt.Config.CheckPlacement(ch); err != nil {
+	if err := s.opt.Config.CheckPlacementFor(ch, ServerRole); err != nil {
 		return nil, err
 	}
 	opts := metadata.Args{}
@@ -473,22 +571,57 @@ func (s *Server) planChain(b Bind) (*chainPlan, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	if s.opt.Config.OutermostListens(ch) {
+		outer := &p.slots[len(p.slots)-1]
+		if outer.transport != nil {
+			return nil, fmt.Errorf("hop %d %q is in-process: it already runs on the server's own public listener, with no PT program to give the address to (OuterListens %s)", outer.Hop, outer.Method, b.Alias)
+		}
+		outer.listen = b.Addr
+		if outer.listen == nil {
+			outer.listen = &net.TCPAddr{}
+		}
+	}
 	return p, nil
 }
 
-// openChain makes p's chain from what serves its hops and opens its public
-// listener, unless a hop cannot serve.
+// openChain opens p's chain: its public listener, or, when its outermost
+// hop listens itself, that hop's arrivals; unless a hop cannot serve.
 func (s *Server) openChain(b Bind, p *chainPlan) Published {
 	out := Published{Alias: b.Alias}
-	sc := &serverChain{alias: b.Alias, hops: p.hops}
-	perHop := make([]metadata.Args, len(p.hops))
-	for pos, hop := range p.hops {
+	sc := p.chain
+	outer := sc.outermost()
+	listens := outer.child != nil && outer.child.public != nil
+	fail := func(pos int, err error) Published {
+		out.Err = fmt.Errorf("hop %d (%s): %w", pos, sc.hops[pos].method, err)
+		if listens && outer.child.sup != nil {
+			// Nothing is to listen for a chain that is not served; the
+			// child serves this chain alone.
+			outer.child.sup.Close()
+		}
+		return out
+	}
+	perHop := make([]metadata.Args, len(sc.hops))
+	for pos, hop := range sc.hops {
 		args, err := hop.clientArgs()
 		if err != nil {
-			out.Err = fmt.Errorf("hop %d (%s): %w", pos, hop.method, err)
-			return out
+			return fail(pos, err)
 		}
 		perHop[pos] = args
+	}
+	if listens {
+		addr, err := outer.child.addr(outer.method)
+		if err != nil {
+			return fail(len(sc.hops)-1, err)
+		}
+		pub := outer.child.public
+		pub.mu.Lock()
+		pub.addr = addr
+		pub.mu.Unlock()
+		pub.serving.Store(true)
+		out.Addr, out.Args = addr, metadata.JoinHops(perHop)
+		s.log.Info("the chain's outermost hop listens on the public address itself", "chain", sc.alias,
+			"hop", len(sc.hops)-1, "method", outer.method, "child", outer.child.name())
+		return out
 	}
 	ln, err := net.ListenTCP("tcp", b.Addr)
 	if err != nil {
@@ -616,9 +749,16 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 		life: s.ctx, // the child lives as long as the server
 		log:  s.log,
 		start: func(ctx context.Context) (*ptproc.Process, error) {
+			spec := spec
+			if c.public != nil {
+				spec.BindAddrs = map[string]string{c.public.method: c.public.bindAddr()}
+			}
 			p, err := ptproc.Start(ctx, spec)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", c.path, err)
+			}
+			if c.public != nil {
+				c.public.pin(p)
 			}
 			s.log.Info("PT program started", "program", c.path, "pid", p.Pid(), "methods", spec.Methods)
 			return p, nil
@@ -736,31 +876,90 @@ func (s *Server) serve(ln *net.TCPListener, handle func(*net.TCPConn)) {
 
 // serverConn is one client's connection through a chain.
 type serverConn struct {
-	id     uint64
-	chain  *serverChain
-	client string // the real client's ip:port, as tor must learn it
+	id    uint64
+	chain *serverChain
+	// client is the real client's ip:port, as tor must learn it; from an
+	// outermost hop that listens itself, what it reported ("" for none).
+	client string
 
-	public *net.TCPConn // the client's connection, closed when a hop never reports
+	// public is the client's connection, closed when a hop never reports;
+	// from an outermost hop that listens itself, its Extended ORPort
+	// connection (closing it ends the client's session there).
+	public *net.TCPConn
 }
 
 // handlePublic takes a client's connection on a chain's public listener and
 // starts its walk inward at the outermost hop.
 func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
+	release, ok := s.admit()
+	if !ok {
+		conn.Close()
+		return
+	}
+	defer release()
+	c := &serverConn{id: s.nextID.Add(1), chain: sc, client: conn.RemoteAddr().String(), public: conn}
+	s.next(c, len(sc.hops)-1, conn)
+}
+
+// admit counts a new client connection, for MaxConns and for the drain, or
+// refuses it above the cap (warning once). release ends the count.
+func (s *Server) admit() (release func(), ok bool) {
 	if s.opt.MaxConns > 0 {
 		if n := s.open.Add(1); n > int64(s.opt.MaxConns) {
 			s.open.Add(-1)
-			conn.Close()
 			if s.capWarn.CompareAndSwap(false, true) {
 				s.log.Warn("connection cap reached: closing new client connections", "max_conns", s.opt.MaxConns)
 			}
-			return
+			return nil, false
 		}
-		defer s.open.Add(-1)
 	}
 	s.active.Add(1)
-	defer s.active.Done()
-	c := &serverConn{id: s.nextID.Add(1), chain: sc, client: conn.RemoteAddr().String(), public: conn}
-	s.next(c, len(sc.hops)-1, conn)
+	return func() {
+		s.active.Done()
+		if s.opt.MaxConns > 0 {
+			s.open.Add(-1)
+		}
+	}, true
+}
+
+// arrive takes an Extended ORPort connection from a child that listens on
+// its chain's public address itself: a client connection it accepted (for
+// meek, a session; for snowflake, a client's session through its proxies)
+// and decoded. It starts a chain connection there, attributed with what the
+// child reports: its USERADDR goes to tor unchanged (meek-server's is the
+// client's IP with port 1, from its front's X-Forwarded-For; snowflake's
+// is the IP its proxy reported, or none), and none when it sent none. The
+// walk goes on inward from the next hop, stamped as ever.
+func (s *Server) arrive(child *serverChild, meta extorport.Meta, conn *net.TCPConn) {
+	pub := child.public
+	refuse := func(why string) {
+		s.log.Warn("refused an Extended ORPort connection: "+why, "child", child.name(), "chain", pub.chain.alias,
+			"useraddr", meta.UserAddr, "transport", meta.Transport)
+		extorport.Deny(conn)
+		conn.Close()
+	}
+	switch {
+	case meta.Transport != "" && meta.Transport != pub.method:
+		refuse("the child listens on the chain's public address for " + pub.method + " and reported another TRANSPORT")
+		return
+	case !pub.serving.Load():
+		refuse("the chain is not served (a hop could not start, or the server drains)")
+		return
+	}
+	release, ok := s.admit()
+	if !ok {
+		extorport.Deny(conn) // the child ends that client's session
+		conn.Close()
+		return
+	}
+	defer release()
+	c := &serverConn{id: s.nextID.Add(1), chain: pub.chain, client: meta.UserAddr, public: conn}
+	if err := extorport.Okay(conn); err != nil {
+		s.log.Warn("child went away before OKAY", "chain", c.chain.alias, "hop", len(c.chain.hops)-1, "child", child.name(), "err", err)
+		conn.Close()
+		return
+	}
+	s.next(c, len(c.chain.hops)-2, conn)
 }
 
 // next carries a client's stream inward from position pos, and is the one
@@ -862,12 +1061,18 @@ func (s *Server) neverArrived(c *serverConn, pos int, st stamp, up net.Conn, dow
 
 // handleExt takes a child's connection on its Extended ORPort: it checks the
 // cookie, reads USERADDR and TRANSPORT, looks the stamp up, and sends the
-// stream on inward from the next hop (next).
+// stream on inward from the next hop (next). A child that listens on the
+// public address itself has no stamps: its arrivals start connections
+// (arrive).
 func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 	meta, err := extorport.ServerHandshake(conn, extorport.ServerConfig{Cookie: s.cookie, Timeout: s.opt.HandshakeTimeout})
 	if err != nil {
 		s.log.Warn("refused an Extended ORPort connection", "child", child.name(), "err", err)
 		conn.Close()
+		return
+	}
+	if child.public != nil {
+		s.arrive(child, meta, conn)
 		return
 	}
 	addr, err := netip.ParseAddrPort(meta.UserAddr)
@@ -1014,7 +1219,8 @@ func (s *Server) Close() error {
 }
 
 // CloseListeners stops accepting new client connections (the first SIGINT);
-// open connections go on.
+// open connections go on. A chain whose outermost PT listens itself keeps
+// that PT's listener (it is the PT's), and its new arrivals are refused.
 func (s *Server) CloseListeners(public []*net.TCPAddr) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -1022,6 +1228,19 @@ func (s *Server) CloseListeners(public []*net.TCPAddr) {
 		for _, a := range public {
 			if ln.Addr().String() == a.String() {
 				ln.Close()
+			}
+		}
+	}
+	for _, c := range s.children {
+		if c.public == nil {
+			continue
+		}
+		c.public.mu.Lock()
+		addr := c.public.addr
+		c.public.mu.Unlock()
+		for _, a := range public {
+			if addr != nil && addr.String() == a.String() {
+				c.public.serving.Store(false)
 			}
 		}
 	}

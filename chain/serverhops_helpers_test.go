@@ -47,6 +47,25 @@ func startServerConfig(t *testing.T, cfg *Config, opt ServerOptions, binds []Bin
 	return ts, pubs
 }
 
+// addChains adds chains ("alias=test|test") to cfg and returns a Bind for
+// each: at addrs[alias], or on loopback port 0.
+func addChains(t *testing.T, cfg *Config, addrs map[string]*net.TCPAddr, chains ...string) []Bind {
+	t.Helper()
+	var binds []Bind
+	for _, ch := range chains {
+		if err := cfg.AddChainFlag(ch); err != nil {
+			t.Fatal(err)
+		}
+		alias, _, _ := strings.Cut(ch, "=")
+		addr := addrs[alias]
+		if addr == nil {
+			addr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
+		}
+		binds = append(binds, Bind{Alias: alias, Addr: addr})
+	}
+	return binds
+}
+
 // hopsConfig is a configuration of flags ("--builtin obfs3,obfs4",
 // "--plugin test=PATH", "--chain a=x|y") and ServerTransportOptions by
 // alias; it returns it with a loopback Bind for every chain.

@@ -18,8 +18,9 @@ var binDir string
 // a network namespace): that run uses the binaries instead of building them.
 const binEnv = "PTCOMBINER_TEST_BIN"
 
-// TestMain builds ptcombiner-client, ptcombiner-server and the test PT once,
-// so that every test runs the real programs a user would run.
+// TestMain builds ptcombiner-client, ptcombiner-server, the test PT and the
+// meek server (test/meekserver) once, so that every test runs the real
+// programs a user would run.
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }
@@ -39,7 +40,7 @@ func runMain(m *testing.M) int {
 	// Children built with -race would sleep 1 s at exit; the tests measure
 	// how fast processes go, so turn that off (children inherit it).
 	os.Setenv("GORACE", "atexit_sleep_ms=0")
-	pkgs := []string{"../cmd/ptcombiner-client", "../cmd/ptcombiner-server", "../test/testpt"}
+	pkgs := []string{"../cmd/ptcombiner-client", "../cmd/ptcombiner-server", "../test/testpt", "../test/meekserver"}
 	// The programs are built with the race detector for tests, without it
 	// for benchmarks (or when PTCOMBINER_TEST_NORACE is set).
 	flag.Parse()

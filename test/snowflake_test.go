@@ -1,7 +1,7 @@
 package test
 
 // obfs4 inside snowflake through both combiners, on a private Tor network
-// (tornet_test.go), offline. The client's ptcombiner-client runs obfs4proxy
+// (privnet_test.go), offline. The client's ptcombiner-client runs obfs4proxy
 // and Debian's snowflake-client; the bridge's ptcombiner-server runs
 // obfs4proxy and snowflake-server, which owns the chain's public address (a
 // WebSocket server); snowflake-proxy and the broker (the broker and the
@@ -264,7 +264,7 @@ func snowflakeInNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	network := startTorNetwork(t)
+	network := startPrivNet(t)
 
 	// The bridge: ptcombiner-server runs obfs4proxy inside snowflake-server,
 	// which listens on the chain's public address for the proxies'
@@ -315,7 +315,7 @@ func snowflakeInNamespace(t *testing.T) {
 	})
 
 	bridgelines := bridge.waitFile(t, "bridgelines", eventCeiling)
-	network.waitBridgeReady(t, bridge)
+	network.waitBridgeKnowsRelays(t, bridge)
 	t.Logf("network, broker and proxy ready after %v", time.Since(start).Round(time.Second))
 
 	// The client: its Bridge line is the bridge's, with an address where
@@ -366,6 +366,7 @@ func snowflakeInNamespace(t *testing.T) {
 			t.Errorf("USERADDR is not the %s snowflake-server reported: %s", want, l)
 		}
 	}
+	t.Logf("the bridge's tor: %d USERADDR, each %s; TRANSPORT %s", len(got), want, alias)
 	// The bytes went through the proxy, which reached the bridge's
 	// snowflake-server at the chain's public address.
 	if findLine(proxy.log, fmt.Sprintf("connected to relay: ws://127.0.0.1:%d/", wsPort)) == "" {
@@ -376,11 +377,12 @@ func snowflakeInNamespace(t *testing.T) {
 	}
 	checkLoopbackOnly(t)
 
-	// When a tor exits, its combiner and PTs go too.
+	// Each side's combiner runs obfs4proxy and its side of snowflake; when
+	// a tor exits, its combiner and their PTs go with it.
 	for _, ti := range []*torInstance{client, bridge} {
 		pids := family(ti.cmd.Process.Pid)[1:]
-		if len(pids) < 3 {
-			t.Errorf("%s's tor runs %v: want its combiner, obfs4proxy and snowflake", ti.name, progNamesOf(pids))
+		if len(pids) != 3 {
+			t.Errorf("%s's tor runs %v, want its combiner, obfs4proxy and snowflake", ti.name, progNamesOf(pids))
 		}
 		ti.stop()
 		if err := waitGone(pids, eventCeiling); err != nil {

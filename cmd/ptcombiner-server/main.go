@@ -37,6 +37,8 @@ func main() {
 			&cli.DurationFlag{Name: "dial-timeout", Value: chain.DefaultDialTimeout, Usage: "bound on each dial into a hop or to tor"},
 			&cli.DurationFlag{Name: "start-timeout", Value: chain.DefaultStartTimeout, Usage: "bound on a PT program's start, up to SMETHODS DONE"},
 			&cli.IntFlag{Name: "max-conns", Value: 0, Usage: "cap on client connections open at once (0: none); further ones are closed at once"},
+			&cli.StringSliceFlag{Name: "indirect", Usage: "methods whose PT is indirect besides meek, snowflake and webtunnel: `METHODS`, comma separated; as a chain's outermost hop (the only place it may be) its server listens on the chain's public address itself (repeatable)"},
+			&cli.StringSliceFlag{Name: "outer-listens", Usage: "chains whose outermost hop, a direct PT program, listens on the chain's public address itself, with no listener of ptcombiner's in front: `ALIASES`, comma separated (repeatable)"},
 			&cli.StringSliceFlag{Name: "listen", Category: "Standalone (without tor)", Usage: "a chain's public listener: `ALIAS=ADDR` (repeatable)"},
 			&cli.StringFlag{Name: "forward", Category: "Standalone (without tor)", Usage: "the TCP service `HOST:PORT` that finished streams go to"},
 			&cli.StringFlag{Name: "state-dir", Category: "Standalone (without tor)", Usage: "`DIR` for the hops' state, in-process or in PT programs (obfs4's keys: keep it)"},

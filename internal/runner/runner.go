@@ -42,7 +42,8 @@ func Flags() []cli.Flag {
 }
 
 // LoadConfig builds the configuration from --config and the --plugin,
-// --chain and (client) --indirect flags, and validates it.
+// --builtin, --chain, --indirect and (server) --outer-listens flags, and
+// validates it.
 func LoadConfig(c *cli.Context, role chain.Role) (*chain.Config, error) {
 	cfg := &chain.Config{}
 	if path := c.String("config"); path != "" {
@@ -67,8 +68,13 @@ func LoadConfig(c *cli.Context, role chain.Role) (*chain.Config, error) {
 			return nil, err
 		}
 	}
-	for _, m := range c.StringSlice("indirect") { // the client's flag
+	for _, m := range c.StringSlice("indirect") {
 		if err := cfg.AddIndirectFlag(m); err != nil {
+			return nil, err
+		}
+	}
+	for _, a := range c.StringSlice("outer-listens") { // the server's flag
+		if err := cfg.AddOuterListensFlag(a); err != nil {
 			return nil, err
 		}
 	}

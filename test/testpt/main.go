@@ -12,7 +12,10 @@
 // not its own (server option key, default 90; published as SMETHOD ARGS
 // key=K like obfs4's cert), optionally waits a random time up to its option
 // delay (milliseconds) before dialling the (Extended) ORPort, and undoes the
-// XOR. A hop in the wrong place, or with the wrong key, fails at once.
+// XOR. A hop in the wrong place, or with the wrong key, fails at once. It
+// reports the accepted connection's remote address as USERADDR, or, with its
+// option useraddr=ip1, that IP with port 1 (as meek-server does), or with
+// useraddr=none no USERADDR at all.
 //
 // Each client SOCKS request is appended to $TOR_PT_STATE_LOCATION/requests.log
 // as "<method> <target> <args>", args encoded deterministically, so tests can

@@ -42,6 +42,11 @@ func runServer(life *lifecycle) error {
 				continue
 			}
 		}
+		report, _ := b.Options.Get("useraddr")
+		if report != "" && report != "ip1" && report != "none" {
+			pt.SmethodError(b.MethodName, fmt.Sprintf("useraddr %q is not ip1 or none", report))
+			continue
+		}
 		ln, err := net.ListenTCP("tcp", b.Addr)
 		if err != nil {
 			pt.SmethodError(b.MethodName, err.Error())
@@ -49,7 +54,7 @@ func runServer(life *lifecycle) error {
 		}
 		listeners = append(listeners, ln)
 		pt.SmethodArgs(b.MethodName, ln.Addr(), pt.Args{"key": {strconv.Itoa(int(key))}})
-		go acceptServer(ln, b.MethodName, key, delay, &info, &conns)
+		go acceptServer(ln, b.MethodName, key, delay, report, &info, &conns)
 	}
 	pt.SmethodsDone()
 	afterDone(life)
@@ -63,7 +68,7 @@ func runServer(life *lifecycle) error {
 
 func offeredOne(name string) bool { return len(offered([]string{name})) == 1 }
 
-func acceptServer(ln *net.TCPListener, method string, key byte, delay int, info *pt.ServerInfo, conns *sync.WaitGroup) {
+func acceptServer(ln *net.TCPListener, method string, key byte, delay int, report string, info *pt.ServerInfo, conns *sync.WaitGroup) {
 	for {
 		conn, err := ln.AcceptTCP()
 		if err != nil {
@@ -72,12 +77,26 @@ func acceptServer(ln *net.TCPListener, method string, key byte, delay int, info 
 		conns.Add(1)
 		go func() {
 			defer conns.Done()
-			handleServer(conn, method, key, delay, info)
+			handleServer(conn, method, key, delay, report, info)
 		}()
 	}
 }
 
-func handleServer(conn *net.TCPConn, method string, key byte, delay int, info *pt.ServerInfo) {
+// useraddr is the USERADDR the server reports for conn: its remote address,
+// or with report "ip1" its IP with port 1, as meek-server reports what its
+// front says, or with "none" nothing, as snowflake's server does when its
+// proxy gives no client IP.
+func useraddr(conn *net.TCPConn, report string) string {
+	switch report {
+	case "ip1":
+		return net.JoinHostPort(conn.RemoteAddr().(*net.TCPAddr).IP.String(), "1")
+	case "none":
+		return ""
+	}
+	return conn.RemoteAddr().String()
+}
+
+func handleServer(conn *net.TCPConn, method string, key byte, delay int, report string, info *pt.ServerInfo) {
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	br := bufio.NewReader(conn)
 	if err := readHeader(br, method, key); err != nil {
@@ -89,7 +108,7 @@ func handleServer(conn *net.TCPConn, method string, key byte, delay int, info *p
 	if delay > 0 {
 		time.Sleep(time.Duration(rand.IntN(delay+1)) * time.Millisecond)
 	}
-	or, err := pt.DialOr(info, conn.RemoteAddr().String(), method)
+	or, err := pt.DialOr(info, useraddr(conn, report), method)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testpt: ORPort:", err)
 		conn.Close()

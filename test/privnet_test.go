@@ -19,22 +19,25 @@ import (
 	"golang.org/x/net/proxy"
 )
 
-// torNetwork is a private Tor network on loopback (../shared/docs/TOR-E2E.md,
-// Level 2) without its bridge and clients: a directory authority, an exit
-// relay, and the web server the clients fetch a page and a 2 MiB blob from
-// through the exit. Everything it starts ends with the test.
-type torNetwork struct {
-	common     []string // the torrc lines of every node
-	relay      []string // the torrc lines of every relay (a bridge too), common included
-	httpPort   int
-	page, blob []byte
+// privNet is a private Tor network on loopback, offline (TOR-E2E.md, Level
+// 2): a directory authority, an exit relay and the web server that clients
+// fetch from through it. A test adds its bridge (relay lines) and clients
+// (common lines).
+type privNet struct {
+	common []string // every node's torrc lines
+	relay  []string // a relay's, common included
+	page   []byte   // served at /
+	blob   []byte   // 2 MiB of random bytes, served at /blob
+	web    int      // the web server's port
 }
 
-// startTorNetwork starts the web server, the authority and the exit.
-func startTorNetwork(t *testing.T) *torNetwork {
+// startPrivNet starts the authority, the exit and the web server; the test
+// ends them.
+func startPrivNet(t *testing.T) *privNet {
 	t.Helper()
+	requireProgram(t, "tor")
 	gencert := requireProgram(t, "tor-gencert")
-	n := &torNetwork{page: []byte("<html><body>ptcombiner private network</body></html>\n"), blob: make([]byte, 2<<20)}
+	n := &privNet{blob: make([]byte, 2<<20), page: []byte("<html><body>ptcombiner private network</body></html>\n")}
 	rand.Read(n.blob)
 	web, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -46,39 +49,37 @@ func startTorNetwork(t *testing.T) *torNetwork {
 	hs := &http.Server{Handler: mux}
 	go hs.Serve(web)
 	t.Cleanup(func() { hs.Close() })
-	n.httpPort = web.Addr().(*net.TCPAddr).Port
+	n.web = web.Addr().(*net.TCPAddr).Port
 
-	// The authority's keys and fingerprints.
 	authDir, err := os.MkdirTemp("", "ptcombiner-tor-auth-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(authDir) })
-	os.MkdirAll(filepath.Join(authDir, "keys"), 0o700)
+	keys := filepath.Join(authDir, "keys")
+	os.MkdirAll(keys, 0o700)
 	authOR, authDirPort := freePort(t), freePort(t)
 	cmd := exec.Command(gencert, "--create-identity-key", "-m", "12", "-a", fmt.Sprintf("127.0.0.1:%d", authDirPort),
-		"-i", filepath.Join(authDir, "keys", "authority_identity_key"),
-		"-s", filepath.Join(authDir, "keys", "authority_signing_key"),
-		"-c", filepath.Join(authDir, "keys", "authority_certificate"), "--passphrase-fd", "0")
+		"-i", filepath.Join(keys, "authority_identity_key"), "-s", filepath.Join(keys, "authority_signing_key"),
+		"-c", filepath.Join(keys, "authority_certificate"), "--passphrase-fd", "0")
 	cmd.Stdin = strings.NewReader("\n")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("tor-gencert: %v\n%s", err, out)
 	}
-	certText, _ := os.ReadFile(filepath.Join(authDir, "keys", "authority_certificate"))
+	cert, _ := os.ReadFile(filepath.Join(keys, "authority_certificate"))
 	v3ident := ""
-	for _, line := range strings.Split(string(certText), "\n") {
+	for _, line := range strings.Split(string(cert), "\n") {
 		if f := strings.Fields(line); len(f) == 2 && f[0] == "fingerprint" {
 			v3ident = f[1]
 		}
 	}
-	fingerprint := relayFingerprint(t, authDir, authOR)
 	if v3ident == "" {
-		t.Fatalf("no v3ident in the authority's certificate:\n%s", certText)
+		t.Fatalf("no v3ident in the authority's certificate:\n%s", cert)
 	}
-	dirAuth := fmt.Sprintf("DirAuthority auth orport=%d no-v2 v3ident=%s 127.0.0.1:%d %s", authOR, v3ident, authDirPort, fingerprint)
+	fp := relayFingerprint(t, authDir, authOR)
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")
 	os.WriteFile(resolv, []byte("nameserver 127.0.0.1\n"), 0o600)
-	n.common = []string{"TestingTorNetwork 1", dirAuth, "PathsNeededToBuildCircuits 0.67"}
+	n.common = []string{"TestingTorNetwork 1", "PathsNeededToBuildCircuits 0.67",
+		fmt.Sprintf("DirAuthority auth orport=%d no-v2 v3ident=%s 127.0.0.1:%d %s", authOR, v3ident, authDirPort, fp)}
 	n.relay = append([]string{"Address 127.0.0.1", "AssumeReachable 1", "SocksPort 0",
 		"ServerDNSResolvConfFile " + resolv, "ServerDNSAllowBrokenConfig 1", "ServerDNSDetectHijacking 0"}, n.common...)
 
@@ -92,13 +93,13 @@ func startTorNetwork(t *testing.T) *torNetwork {
 	startTor(t, "exit", append([]string{"Nickname exit",
 		fmt.Sprintf("ORPort 127.0.0.1:%d", freePort(t)), fmt.Sprintf("DirPort 127.0.0.1:%d", freePort(t)),
 		"ExitRelay 1", "ExitPolicyRejectPrivate 0", "ExitPolicyRejectLocalInterfaces 0",
-		"ExitPolicy accept 127.0.0.0/8:*", fmt.Sprintf("ExitPolicy accept *:%d", n.httpPort), "ExitPolicy reject *:*",
+		"ExitPolicy accept 127.0.0.0/8:*", fmt.Sprintf("ExitPolicy accept *:%d", n.web), "ExitPolicy reject *:*",
 		"RefuseUnknownExits 0"}, n.relay...)...)
 	return n
 }
 
-// relayFingerprint is the fingerprint of the relay whose keys are (or will
-// be, tor makes them) in dir, from tor --list-fingerprint.
+// relayFingerprint is the fingerprint of the relay whose keys are in dir
+// (tor makes them when there are none), from tor --list-fingerprint.
 func relayFingerprint(t *testing.T, dir string, orPort int) string {
 	t.Helper()
 	empty := filepath.Join(t.TempDir(), "empty-torrc")
@@ -113,12 +114,12 @@ func relayFingerprint(t *testing.T, dir string, orPort int) string {
 	return fp
 }
 
-// waitBridgeReady waits until the bridge's cached consensus lists both
-// relays and their microdescriptors: a client started before then may
-// not reach 100% (TOR-E2E.md).
-func (n *torNetwork) waitBridgeReady(t *testing.T, bridge *torInstance) {
+// waitBridgeKnowsRelays waits until the bridge's cached consensus lists both
+// relays with their microdescriptors: only then may a client start
+// (TOR-E2E.md).
+func (n *privNet) waitBridgeKnowsRelays(t *testing.T, bridge *torInstance) {
 	t.Helper()
-	waitFor(t, "the bridge's consensus to list both relays", 120*time.Second, func() bool {
+	waitFor(t, "the bridge's consensus to list both relays", 2*eventCeiling, func() bool {
 		cons, _ := os.ReadFile(filepath.Join(bridge.dir, "cached-microdesc-consensus"))
 		md1, _ := os.ReadFile(filepath.Join(bridge.dir, "cached-microdescs"))
 		md2, _ := os.ReadFile(filepath.Join(bridge.dir, "cached-microdescs.new"))
@@ -127,10 +128,9 @@ func (n *torNetwork) waitBridgeReady(t *testing.T, bridge *torInstance) {
 	})
 }
 
-// fetchAll fetches the page and the blob through a tor client's SocksPort
-// and checks both byte for byte. A fetch through a fresh circuit may fail
-// (tor's own timeouts on a busy machine): fetches retries it.
-func (n *torNetwork) fetchAll(t *testing.T, socksPort int, fetches *retryBudget) {
+// fetchAll fetches the page and the blob through a client's SocksPort and
+// checks both byte for byte; a fetch that fails is retried within fetches.
+func (n *privNet) fetchAll(t *testing.T, socksPort int, fetches *retryBudget) {
 	t.Helper()
 	dialer, _ := proxy.SOCKS5("tcp", fmt.Sprintf("127.0.0.1:%d", socksPort), nil, proxy.Direct)
 	hc := &http.Client{Timeout: 90 * time.Second, Transport: &http.Transport{
@@ -139,13 +139,10 @@ func (n *torNetwork) fetchAll(t *testing.T, socksPort int, fetches *retryBudget)
 		},
 	}}
 	defer hc.CloseIdleConnections()
-	for _, f := range []struct {
-		path string
-		want []byte
-	}{{"/", n.page}, {"/blob", n.blob}} {
+	for path, want := range map[string][]byte{"/": n.page, "/blob": n.blob} {
 		var got []byte
 		err := fetches.run(t, 3, func() error {
-			resp, err := hc.Get(fmt.Sprintf("http://127.0.0.1:%d%s", n.httpPort, f.path))
+			resp, err := hc.Get(fmt.Sprintf("http://127.0.0.1:%d%s", n.web, path))
 			if err != nil {
 				return err
 			}
@@ -154,10 +151,10 @@ func (n *torNetwork) fetchAll(t *testing.T, socksPort int, fetches *retryBudget)
 			return err
 		})
 		if err != nil {
-			t.Fatalf("fetch %s: %v", f.path, err)
+			t.Fatalf("fetch %s: %v", path, err)
 		}
-		if sha256.Sum256(got) != sha256.Sum256(f.want) {
-			t.Fatalf("fetch %s: %d bytes that differ from the %d served", f.path, len(got), len(f.want))
+		if sha256.Sum256(got) != sha256.Sum256(want) {
+			t.Fatalf("fetch %s: %d bytes that differ from the %d served", path, len(got), len(want))
 		}
 	}
 }
