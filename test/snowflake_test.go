@@ -13,7 +13,8 @@ package test
 // WebRTC gathers no loopback candidates, so the whole network runs in a
 // private network namespace (unshare -n) whose only other interface is a
 // veth pair with one address, nsAddr: the test re-executes itself there.
-// Nothing inside can reach anything outside.
+// Nothing inside can reach anything outside, and no process may be left in
+// it when the test ends (then the namespace is gone too).
 
 import (
 	"bufio"
@@ -24,7 +25,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -95,35 +95,18 @@ func TestPrivateTorNetworkSnowflake(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	var ns, skip string
-	nsLine := regexp.MustCompile(`network namespace (net:\[\d+\])`)
+	var skip string
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
 		t.Log("ns| " + line)
-		if m := nsLine.FindStringSubmatch(line); m != nil && ns == "" {
-			ns = m[1]
-		}
 		if strings.Contains(line, "--- SKIP: "+t.Name()) {
 			skip = line
 		}
 	}
+	io.Copy(io.Discard, out) // a line too long for the scanner
 	err = cmd.Wait()
-
-	// The namespace goes with its last process: none may be left.
-	if ns == "" {
-		t.Error("the run inside did not say which network namespace it had")
-	} else {
-		var left []int
-		took, ok := poll(eventCeiling, func() bool { left = inNamespace(ns); return len(left) == 0 })
-		if !ok {
-			t.Errorf("processes left in network namespace %s %v after the run: %v", ns, took.Round(time.Second), progNamesOf(left))
-			for _, p := range left {
-				syscall.Kill(p, syscall.SIGKILL)
-			}
-		}
-	}
 	switch {
 	case err != nil:
 		t.Fatalf("the run inside the namespace failed: %v", err)
@@ -158,13 +141,13 @@ func buildSnowflake(t *testing.T) string {
 	return dir
 }
 
-// inNamespace lists the processes whose network namespace is ns.
-func inNamespace(ns string) []int {
+// othersIn lists the processes but this one whose network namespace is ns.
+func othersIn(ns string) []int {
 	var out []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || pid == os.Getpid() {
 			continue
 		}
 		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); l == ns && alive(pid) {
@@ -210,6 +193,18 @@ func setupNamespace(t *testing.T) string {
 	}
 	out, _ := exec.Command("ip", "-brief", "address").CombinedOutput()
 	t.Logf("network namespace %s:\n%s", self, out)
+	// The namespace ends with its last process, this one, so none other
+	// may be left when the test ends (this cleanup runs after every other).
+	// Whatever is in it was started here.
+	t.Cleanup(func() {
+		var left []int
+		if _, ok := poll(eventCeiling, func() bool { left = othersIn(self); return len(left) == 0 }); !ok {
+			t.Errorf("processes left in the network namespace: %v", progNamesOf(left))
+			for _, p := range left {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+		}
+	})
 	return self
 }
 
@@ -323,7 +318,11 @@ func snowflakeInNamespace(t *testing.T) {
 	// arguments for snowflake-client: the broker, the STUN server and the
 	// bridge it asks the broker for.
 	nowhere, dialed := countingListener(t)
-	f := strings.Fields(bridgeLine(t, bridgelines, alias))
+	published := bridgeLine(t, bridgelines, alias)
+	if !strings.Contains(published, fmt.Sprintf(" 127.0.0.1:%d ", wsPort)) || !strings.Contains(published, " 0.cert=") {
+		t.Fatalf("the published line is not snowflake-server's address with obfs4's hop 0 args: %s", published)
+	}
+	f := strings.Fields(published)
 	line := strings.Join(append([]string{"Bridge", alias, nowhere, f[3]}, append(f[4:],
 		"1.url="+brokerURL, "1.ice="+stunURL, "1.fingerprint="+bridgeFP)...), " ")
 	t.Logf("client's %s", line)
