@@ -9,6 +9,17 @@ import (
 	"time"
 )
 
+// listen starts a server on loopback, closed when the test ends.
+func listen(t *testing.T) *Server {
+	t.Helper()
+	s, err := Listen(net.IPv4(127, 0, 0, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // client is one UDP socket that sends requests and reads the replies.
 type client struct {
 	t *testing.T
@@ -75,11 +86,7 @@ func sameAddr(a, b *net.UDPAddr) bool { return a.IP.Equal(b.IP) && a.Port == b.P
 // TestBindingNATDiscovery runs the two tests of snowflake's NAT check
 // (RFC 5780 4.3, tests I and II) and the filtering test III.
 func TestBindingNATDiscovery(t *testing.T) {
-	s, err := Listen(net.IPv4(127, 0, 0, 1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := listen(t)
 	c := newClient(t)
 	self := c.c.LocalAddr().(*net.UDPAddr)
 
@@ -127,11 +134,7 @@ func TestBindingNATDiscovery(t *testing.T) {
 // attribute; what is no Binding request gets no reply (the next request's
 // reply is the first to come).
 func TestRefusals(t *testing.T) {
-	s, err := Listen(net.IPv4(127, 0, 0, 1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := listen(t)
 	c := newClient(t)
 	for name, tc := range map[string]struct {
 		attrs   []attr
