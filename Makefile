@@ -25,8 +25,9 @@ demo: build
 	$(GO) run ./test/demo -bin $(BIN)
 
 # The most convincing demonstration: a private Tor network on loopback (authority,
-# exit, bridge with ptcombiner-server, client with ptcombiner-client) for three
-# chains; each client reaches 100% and fetches a page and a 2 MiB blob.
+# exit, bridge with three ptcombiner-servers, a client with ptcombiner-client per
+# chain) for five chains, through obfs4proxy, in-process (--builtin) and mixed;
+# each client reaches 100% and fetches a page and a 2 MiB blob.
 demo-network:
 	$(GO) test -count=1 -run '^TestPrivateTorNetwork$$' -v ./test/ 2>&1 | grep -v 'level=' | grep -E 'network_test|^(--- |    ---|ok|FAIL|PASS)'
 
