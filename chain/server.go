@@ -489,7 +489,9 @@ func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
 	children := append([]*serverChild(nil), s.children...)
 	inprocs := append([]*inprocHop(nil), s.inprocs...)
 	s.mu.Unlock()
-	if err := s.prepareStateDirs(children, inprocs, dirs); err != nil {
+	err = s.prepareStateDirs(children, inprocs, dirs)
+	dirs.release() // recorded: other servers sharing the directory may go on
+	if err != nil {
 		return nil, err
 	}
 	s.launchChildren(ctx, children)

@@ -1,6 +1,8 @@
 package chain
 
 import (
+	"context"
+	"path/filepath"
 	"testing"
 
 	"github.com/ptcombiner/ptcombiner/metadata"
@@ -22,5 +24,46 @@ func TestServersShareStateDir(t *testing.T) {
 	}
 	for i, alias := range []string{"a", "b"} {
 		roundTrips(t, servers[i], tor, alias, clientFor(t, "test"), []int{1000}, true)
+	}
+}
+
+// Servers that share a state directory and start at once (tor starts the
+// ptcombiner-servers of all its ServerTransportPlugin lines together)
+// each record their slots: none writes a record read before another's
+// save, which would drop that server's positions and, for a position that
+// had moved to a copy, its keys on the next start.
+func TestServersStartingTogetherKeepEachOthersRecord(t *testing.T) {
+	const rounds = 10
+	for round := 0; round < rounds; round++ {
+		state := t.TempDir()
+		aliases := []string{"a", "b", "c"}
+		errs := make(chan error, len(aliases))
+		for _, alias := range aliases {
+			cfg, binds := hopsConfig(t, nil, "--builtin", "obfs4", "--chain", alias+"=obfs4")
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			srv := NewServer(ServerOptions{Config: cfg, StateDir: state, Logger: newLogger(&logBuf{}),
+				TorExtORPort: "127.0.0.1:1", TorCookiePath: filepath.Join(state, "no-cookie")})
+			t.Cleanup(func() { srv.Close() })
+			go func() {
+				_, err := srv.Start(context.Background(), binds)
+				errs <- err
+			}()
+		}
+		for range aliases {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		record, err := readStateDirs(state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, alias := range aliases {
+			if _, ok := record.dirs[slot{Alias: alias, Hop: 0, Method: "obfs4"}]; !ok {
+				t.Fatalf("round %d: the record lost chain %s: %v", round, alias, record.dirs)
+			}
+		}
 	}
 }
