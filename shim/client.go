@@ -2,11 +2,10 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
-	"strconv"
 	"time"
 
 	"github.com/ptcombiner/ptcombiner/internal/loopback"
@@ -178,24 +177,22 @@ func readReply(conn io.Reader) error {
 	if b[2] != 0 {
 		return fmt.Errorf("%w: CONNECT reply has reserved byte 0x%02x, want 0x00", ErrMalformed, b[2])
 	}
-	var n int
-	switch b[3] {
-	case atypIPv4:
-		n = net.IPv4len
-	case atypIPv6:
-		n = net.IPv6len
-	case atypDomain:
-		// "the first octet of the address field contains the number of
-		// octets of name that follow".
+	// BND.ADDR and BND.PORT, whatever their type, are read and not used.
+	if b[3] == atypDomain {
+		// Any name will do, even an empty one: "the first octet of the
+		// address field contains the number of octets of name that follow".
 		if _, err := io.ReadFull(conn, b[:1]); err != nil {
 			return fmt.Errorf("read CONNECT reply: %w", err)
 		}
-		n = int(b[0])
-	default:
-		return fmt.Errorf("%w: CONNECT reply has address type 0x%02x", ErrMalformed, b[3])
+		if _, err := io.ReadFull(conn, make([]byte, int(b[0])+2)); err != nil {
+			return fmt.Errorf("read CONNECT reply's bound address: %w", err)
+		}
+		return nil
 	}
-	bnd := make([]byte, n+2) // BND.ADDR, BND.PORT
-	if _, err := io.ReadFull(conn, bnd); err != nil {
+	if _, err := readAddrAfter(conn, b[3]); err != nil {
+		if errors.Is(err, ErrAddressNotSupported) {
+			return fmt.Errorf("%w: CONNECT reply has address type 0x%02x", ErrMalformed, b[3])
+		}
 		return fmt.Errorf("read CONNECT reply's bound address: %w", err)
 	}
 	return nil
@@ -204,37 +201,12 @@ func readReply(conn io.Reader) error {
 // encodeRequest builds the CONNECT request for target: VER | CMD | RSV |
 // ATYP | DST.ADDR | DST.PORT (RFC 1928 section 4).
 func encodeRequest(target string) ([]byte, error) {
-	host, portStr, err := net.SplitHostPort(target)
+	dst, err := ParseAddr(target)
 	if err != nil {
-		return nil, fmt.Errorf("%w %q: %w", ErrInvalidTarget, target, err)
+		return nil, err
 	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil || port == 0 {
+	if dst.Port == 0 {
 		return nil, fmt.Errorf("%w %q: port must be 1..65535", ErrInvalidTarget, target)
 	}
-	req := []byte{socksVersion, cmdConnect, 0}
-	if ip, perr := netip.ParseAddr(host); perr == nil {
-		switch {
-		case ip.Zone() != "":
-			return nil, fmt.Errorf("%w %q: SOCKS5 cannot carry an IPv6 zone", ErrInvalidTarget, target)
-		case ip.Is4():
-			a := ip.As4()
-			req = append(req, atypIPv4)
-			req = append(req, a[:]...)
-		default:
-			a := ip.As16()
-			req = append(req, atypIPv6)
-			req = append(req, a[:]...)
-		}
-	} else {
-		// "X'03' ... The first octet of the address field contains the
-		// number of octets of name that follow, there is no terminating
-		// NUL octet."
-		if len(host) < 1 || len(host) > 255 {
-			return nil, fmt.Errorf("%w %q: host name must be 1..255 bytes", ErrInvalidTarget, target)
-		}
-		req = append(req, atypDomain, byte(len(host)))
-		req = append(req, host...)
-	}
-	return append(req, byte(port>>8), byte(port)), nil
+	return AppendAddr([]byte{socksVersion, cmdConnect, 0}, dst)
 }
