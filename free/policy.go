@@ -147,7 +147,7 @@ func ParseRule(s string, deny bool) ([]Rule, error) {
 		}
 		prefix, ports = s[1:end], s[end+1:]
 		if ports != "" {
-			if !strings.HasPrefix(ports, ":") {
+			if !strings.HasPrefix(ports, ":") || ports == ":" {
 				return fail("after ']' comes ':PORTS'")
 			}
 			ports = ports[1:]

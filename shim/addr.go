@@ -115,7 +115,7 @@ func ReadAddr(r io.Reader) (Addr, error) {
 
 // readAddrAfter is ReadAddr once ATYP has been read.
 func readAddrAfter(r io.Reader, atyp byte) (Addr, error) {
-	var b [1 + 255 + 2]byte
+	var b [1 + 1 + 255 + 2]byte // ATYP, LEN, the longest name, PORT
 	b[0] = atyp
 	n, err := addrLen(atyp, func() (byte, error) {
 		if _, err := io.ReadFull(r, b[1:2]); err != nil {
