@@ -93,13 +93,19 @@ func (k *Keeper) init() {
 	})
 }
 
-// Stream is a stream the server accepted. Broken is closed when its
-// session breaks: the stream then fails, and its application should hear
-// so as an error, not an end.
+// Stream is a stream the server accepted. When its session breaks the
+// stream fails, and its application should hear so as an error, not an
+// end: smux reports a connection that ended as io.EOF on every stream.
 type Stream struct {
 	*smux.Stream
-	Broken <-chan struct{}
+	sess *clientSession
 }
+
+// Broken is closed once the stream's session has broken or closed.
+func (s *Stream) Broken() <-chan struct{} { return s.sess.done }
+
+// broke reports whether the session can no longer carry the stream.
+func (s *Stream) broke() bool { return !s.sess.live() }
 
 // RefusedError is the server's non-zero reply to a stream header.
 type RefusedError struct{ Rep byte }
@@ -149,7 +155,7 @@ func (k *Keeper) Open(ctx context.Context, h Header) (*Stream, error) {
 			st.Close()
 			return nil, &RefusedError{Rep: rep}
 		}
-		return &Stream{Stream: st, Broken: s.done}, nil
+		return &Stream{Stream: st, sess: s}, nil
 	}
 }
 

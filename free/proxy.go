@@ -74,16 +74,22 @@ func (p *Proxy) connect(ctx context.Context, conn net.Conn, req *shim.ProxyReque
 	shim.Pipe(ctx, conn, &resetOnBreak{stream: st, app: conn})
 }
 
-// resetOnBreak is a stream as Pipe sees it: an error on it (its session
-// broke) resets the application's connection, so that the application
-// hears a failure rather than an end of its data.
+// resetOnBreak is a stream as Pipe sees it: an error on it, or an end
+// that is its session's (smux ends every stream with io.EOF when the
+// connection ends), resets the application's connection, so that the
+// application hears a failure rather than an end of its data.
 type resetOnBreak struct {
 	stream *Stream
 	app    net.Conn
 }
 
+var errBroke = errors.New("free: the session broke")
+
 func (r *resetOnBreak) Read(b []byte) (int, error) {
 	n, err := r.stream.Read(b)
+	if err == io.EOF && r.stream.broke() {
+		err = errBroke
+	}
 	if err != nil && err != io.EOF {
 		r.reset()
 	}

@@ -97,10 +97,15 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, label string) {
 	}
 	s.sessions.Add(1)
 	defer s.sessions.Add(-1)
+	// The session's end ends its streams' destinations too: smux ends a
+	// stream with io.EOF when the connection ends, which alone would only
+	// half-close the destination.
+	ctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(ctx, func() { mux.Close() })
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer cancel()
 	defer mux.Close()
 	go func() {
 		select {
