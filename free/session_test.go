@@ -163,34 +163,13 @@ func fetch(c *http.Client, url string, size int) error {
 	return freetest.Check(body, size)
 }
 
-// runLoad runs f(0..n-1) on workers goroutines and returns the errors.
-func runLoad(n, workers int, f func(i int) error) []error {
-	var mu sync.Mutex
-	var errs []error
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
-				if err := f(i); err != nil {
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("%d: %w", i, err))
-					mu.Unlock()
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return errs
-}
-
 // Many HTTP fetches through the proxy, by IP and by name (resolved on the
 // server), byte-exact, all in one session over one connection.
 func TestSessionHTTP(t *testing.T) {
 	r := newRig(t, &Server{Policy: loopbackPolicy(t)}, nil)
 	servers, served := freetest.HTTPServers(t, 3)
 	c := r.httpClient(nil)
-	errs := runLoad(200, 20, func(i int) error {
+	errs := freetest.Load(200, 20, func(i int) error {
 		url := "http://" + servers[i%3] + fmt.Sprintf("/%d", 1+i*517)
 		if i%2 == 1 {
 			url = strings.Replace(url, "127.0.0.1", "localhost", 1)
@@ -200,7 +179,7 @@ func TestSessionHTTP(t *testing.T) {
 	if len(errs) > 0 {
 		t.Fatalf("%d fetches failed; first: %v", len(errs), errs[0])
 	}
-	if n := served.N(); n != 200 {
+	if n := served.Load(); n != 200 {
 		t.Errorf("the servers served %d requests, want 200", n)
 	}
 	if n := r.dials.Load(); n != 1 {
@@ -272,22 +251,6 @@ func tcpEcho(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// echoOnce writes msg on c and reads it back.
-func echoOnce(c net.Conn, msg string) error {
-	if _, err := c.Write([]byte(msg)); err != nil {
-		return err
-	}
-	c.SetReadDeadline(time.Now().Add(ceiling))
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		return err
-	}
-	if string(got) != msg {
-		return fmt.Errorf("echoed %q, sent %q", got, msg)
-	}
-	return nil
-}
-
 // A malformed stream header closes that stream only: the session, and a
 // stream open beside it, go on.
 func TestSessionMalformedHeader(t *testing.T) {
@@ -298,7 +261,7 @@ func TestSessionMalformedHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer beside.Close()
-	if err := echoOnce(beside, "before"); err != nil {
+	if err := freetest.Echo(beside, ceiling, "before"); err != nil {
 		t.Fatal(err)
 	}
 	r.keeper.mu.Lock()
@@ -330,7 +293,7 @@ func TestSessionMalformedHeader(t *testing.T) {
 			t.Errorf("%s: the server answered % x, %v; want % x and the stream's end", tc.name, got, err, tc.reply)
 		}
 	}
-	if err := echoOnce(beside, "after"); err != nil {
+	if err := freetest.Echo(beside, ceiling, "after"); err != nil {
 		t.Fatalf("the stream beside: %v", err)
 	}
 	if c, err := shim.DialSOCKS5(context.Background(), r.proxy, echo, nil, nil); err != nil {
@@ -419,7 +382,7 @@ func TestSessionBreak(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if err := echoOnce(conn, "hello"); err != nil {
+	if err := freetest.Echo(conn, ceiling, "hello"); err != nil {
 		t.Fatal(err)
 	}
 	r.mu.Lock()
@@ -434,7 +397,7 @@ func TestSessionBreak(t *testing.T) {
 		t.Fatalf("a new stream after the break: %v", err)
 	}
 	defer again.Close()
-	if err := echoOnce(again, "again"); err != nil {
+	if err := freetest.Echo(again, ceiling, "again"); err != nil {
 		t.Fatal(err)
 	}
 	if n := r.dials.Load(); n != 2 {
@@ -475,7 +438,7 @@ func TestSessionBridgeDown(t *testing.T) {
 		t.Fatalf("CONNECT with the bridge back: %v", err)
 	}
 	defer conn.Close()
-	if err := echoOnce(conn, "back"); err != nil {
+	if err := freetest.Echo(conn, ceiling, "back"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -509,13 +472,13 @@ func TestSessionAuth(t *testing.T) {
 func TestSessionManyStreams(t *testing.T) {
 	r := newRig(t, &Server{Policy: loopbackPolicy(t)}, nil)
 	echo := tcpEcho(t)
-	errs := runLoad(5000, 50, func(i int) error {
+	errs := freetest.Load(5000, 50, func(i int) error {
 		c, err := shim.DialSOCKS5(context.Background(), r.proxy, echo, nil, nil)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		return echoOnce(c, fmt.Sprintf("stream %d", i))
+		return freetest.Echo(c, ceiling, fmt.Sprintf("stream %d", i))
 	})
 	if len(errs) > 0 {
 		t.Fatalf("%d of 5000 streams failed; first: %v", len(errs), errs[0])

@@ -9,12 +9,14 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,10 +36,10 @@ func Body(size int) []byte {
 
 // HTTPServers starts n loopback HTTP servers; GET /N answers Body(N), and
 // each server counts the requests it served. They end with the test.
-func HTTPServers(t testing.TB, n int) ([]string, *Counter) {
+func HTTPServers(t testing.TB, n int) ([]string, *atomic.Int64) {
 	t.Helper()
 	var addrs []string
-	count := &Counter{}
+	count := &atomic.Int64{}
 	for range n {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -49,7 +51,7 @@ func HTTPServers(t testing.TB, n int) ([]string, *Counter) {
 				http.Error(w, "want /SIZE", http.StatusBadRequest)
 				return
 			}
-			count.Add()
+			count.Add(1)
 			w.Header().Set("Content-Length", strconv.Itoa(size))
 			w.Write(Body(size))
 		})}
@@ -61,15 +63,27 @@ func HTTPServers(t testing.TB, n int) ([]string, *Counter) {
 	return addrs, count
 }
 
-// Counter counts events from many goroutines.
-type Counter struct {
-	mu sync.Mutex
-	n  int
+// Load runs f(0) to f(n-1) on workers goroutines and returns their
+// errors, each naming its i.
+func Load(n, workers int, f func(i int) error) []error {
+	var mu sync.Mutex
+	var errs []error
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				if err := f(i); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("%d: %w", i, err))
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return errs
 }
-
-func (c *Counter) Add() { c.mu.Lock(); c.n++; c.mu.Unlock() }
-
-func (c *Counter) N() int { c.mu.Lock(); defer c.mu.Unlock(); return c.n }
 
 // Check says whether got is Body(size).
 func Check(got []byte, size int) error {
@@ -77,6 +91,24 @@ func Check(got []byte, size int) error {
 	if !bytes.Equal(got, want) {
 		g, w := sha256.Sum256(got), sha256.Sum256(want)
 		return fmt.Errorf("got %d bytes (sha256 %x), want %d (sha256 %x)", len(got), g[:6], size, w[:6])
+	}
+	return nil
+}
+
+// Echo writes msg on c, a connection to an echo server, and reads it
+// back within timeout.
+func Echo(c net.Conn, timeout time.Duration, msg string) error {
+	c.SetDeadline(time.Now().Add(timeout))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if string(got) != msg {
+		return fmt.Errorf("echoed %q, sent %q", got, msg)
 	}
 	return nil
 }
