@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/xtaci/smux"
@@ -65,9 +66,10 @@ type Keeper struct {
 
 // clientSession is one session and the connection it runs over.
 type clientSession struct {
-	mux  *smux.Session
-	conn *watchedConn
-	done chan struct{} // closed when the session has broken or been closed
+	mux      *smux.Session
+	conn     *watchedConn
+	done     chan struct{} // closed when the session has broken or been closed
+	answered atomic.Bool   // the bridge has replied to a stream header
 }
 
 func (k *Keeper) init() {
@@ -149,8 +151,12 @@ func (k *Keeper) Open(ctx context.Context, h Header) (*Stream, error) {
 		rep, err := k.handshake(ctx, st, hdr)
 		if err != nil {
 			st.Close()
+			if attempt == 0 && ctx.Err() == nil && !s.live() {
+				continue // the session broke under it: nothing reached the destination yet
+			}
 			return nil, err
 		}
+		s.answered.Store(true)
 		if rep != shim.RepSucceeded {
 			st.Close()
 			return nil, &RefusedError{Rep: rep}
@@ -324,12 +330,22 @@ func (k *Keeper) watch(s *clientSession) {
 	s.mux.Close()
 	close(s.done)
 	k.mu.Lock()
+	defer k.mu.Unlock()
 	if k.sess == s {
 		k.sess = nil
 	}
-	closed := k.closed
-	k.mu.Unlock()
-	if !closed {
+	switch {
+	case k.closed:
+	case !s.answered.Load():
+		// The chain came up but the bridge never answered: as good as a
+		// failed dial (a relay in front of a bridge that is down, or a
+		// bridge not run with --free), and backed off as one.
+		k.failures++
+		k.lastErr = fmt.Errorf("the session ended before the bridge answered a stream (is it run with --free?): %s", why)
+		k.nextTry = time.Now().Add(k.backoff())
+		k.log.Warn("cannot open a session to the bridge", "err", k.lastErr, "failures", k.failures,
+			"retry_in", time.Until(k.nextTry).Round(time.Millisecond))
+	default:
 		k.log.Warn("free session broke: its streams fail; the next stream opens a new one", "why", why, "streams_failed", streams)
 	}
 }

@@ -36,6 +36,10 @@ type freeRig struct {
 	alias    string
 	bridge   string        // what the client dials (the relay)
 	args     metadata.Args // the chain's arguments, as the server published them
+
+	srvArgs  []string
+	srv, cli *exec.Cmd
+	upstream *atomic.Pointer[string] // where the relay goes: the server's public address
 }
 
 // freeSetup is one way to run a chain alias on both sides.
@@ -55,7 +59,8 @@ func startFree(t *testing.T, s freeSetup, srvFlags, cliFlags []string) *freeRig 
 	if s.config != "" {
 		args = append(args, "--config", writeConfig(t, s.config))
 	}
-	lines, srvLog, _ := launchStandalone(t, 1, bin("ptcombiner-server"), append(args, srvFlags...)...)
+	srvArgs := append(args, srvFlags...)
+	lines, srvLog, srv := launchStandalone(t, 1, bin("ptcombiner-server"), srvArgs...)
 	f := strings.Fields(lines[0]) // CHAIN alias addr ARGS args
 	if len(f) != 5 || f[0] != "CHAIN" {
 		t.Fatalf("server printed %q", lines[0])
@@ -64,36 +69,40 @@ func startFree(t *testing.T, s freeSetup, srvFlags, cliFlags []string) *freeRig 
 	if err != nil {
 		t.Fatal(err)
 	}
-	relay, accepted := countingRelay(t, f[2])
+	relay, accepted, upstream := countingRelay(t, f[2])
 	args = append(append([]string{}, s.client...), "--chain", s.alias+"="+s.chain,
 		"--proxy", "127.0.0.1:0="+s.alias+"@"+relay, "--args", s.alias+"="+f[4])
-	lines, cliLog, _ := launchStandalone(t, 1, bin("ptcombiner-client"), append(args, cliFlags...)...)
+	lines, cliLog, cli := launchStandalone(t, 1, bin("ptcombiner-client"), append(args, cliFlags...)...)
 	p := strings.Fields(lines[0]) // PROXY alias addr -> bridge
 	if len(p) != 5 || p[0] != "PROXY" {
 		t.Fatalf("client printed %q", lines[0])
 	}
+	r := &freeRig{proxy: p[2], accepted: accepted, srvLog: srvLog, cliLog: cliLog, alias: s.alias, bridge: relay,
+		args: chainArgs, srvArgs: srvArgs, srv: srv, cli: cli, upstream: upstream}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("ptcombiner-server log:\n%s\nptcombiner-client log:\n%s", tail(srvLog.String(), 30), tail(cliLog.String(), 30))
+			t.Logf("ptcombiner-server log:\n%s\nptcombiner-client log:\n%s", tail(r.srvLog.String(), 30), tail(r.cliLog.String(), 30))
 		}
 	})
-	return &freeRig{proxy: p[2], accepted: accepted, srvLog: srvLog, cliLog: cliLog, alias: s.alias, bridge: relay, args: chainArgs}
+	return r
 }
 
 // countingRelay listens on loopback, counts every connection it accepts,
-// and pipes each to upstream.
-func countingRelay(t *testing.T, upstream string) (string, *atomic.Int64) {
+// and pipes each to upstream, which the caller may move.
+func countingRelay(t *testing.T, upstream string) (string, *atomic.Int64, *atomic.Pointer[string]) {
 	t.Helper()
 	var n atomic.Int64
+	var to atomic.Pointer[string]
+	to.Store(&upstream)
 	addr := serveLoopback(t, func(c *net.TCPConn) {
 		n.Add(1)
-		up, err := net.Dial("tcp", upstream)
+		up, err := net.Dial("tcp", *to.Load())
 		if err != nil {
 			return
 		}
 		shim.Pipe(context.Background(), c, up)
 	})
-	return addr, &n
+	return addr, &n, &to
 }
 
 // The setups of a chain, one per hop kind: PT programs, in-process
