@@ -135,24 +135,25 @@ func (k *Keeper) Open(ctx context.Context, h Header) (*Stream, error) {
 	if err != nil {
 		return nil, err
 	}
-	for attempt := 0; ; attempt++ {
-		s, err := k.session(ctx)
+	// SessionWait bounds the whole wait, over sessions that break before
+	// the bridge replies (nothing has reached a destination then).
+	wait := time.NewTimer(k.SessionWait)
+	defer wait.Stop()
+	for {
+		s, err := k.session(ctx, wait.C)
 		if err != nil {
 			return nil, err
 		}
 		st, err := s.mux.OpenStream()
 		if err != nil {
-			s.mux.Close() // it broke meanwhile: one more try, on a new session
-			if attempt == 0 {
-				continue
-			}
-			return nil, fmt.Errorf("free: open a stream: %w", err)
+			s.mux.Close() // it broke meanwhile: try again, on a new session
+			continue
 		}
 		rep, err := k.handshake(ctx, st, hdr)
 		if err != nil {
 			st.Close()
-			if attempt == 0 && ctx.Err() == nil && !s.live() {
-				continue // the session broke under it: nothing reached the destination yet
+			if ctx.Err() == nil && !s.live() {
+				continue // the session broke under it
 			}
 			return nil, err
 		}
@@ -187,10 +188,8 @@ func (k *Keeper) handshake(ctx context.Context, st *smux.Stream, hdr []byte) (by
 	return rep, nil
 }
 
-// session returns the live session, waiting up to SessionWait for one.
-func (k *Keeper) session(ctx context.Context) (*clientSession, error) {
-	wait := time.NewTimer(k.SessionWait)
-	defer wait.Stop()
+// session returns the live session, waiting for one until wait fires.
+func (k *Keeper) session(ctx context.Context, wait <-chan time.Time) (*clientSession, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.waiters++
@@ -215,7 +214,7 @@ func (k *Keeper) session(ctx context.Context) (*clientSession, error) {
 		case <-dialing:
 		case <-ctx.Done():
 			err = fmt.Errorf("free: waiting for a session: %w", context.Cause(ctx))
-		case <-wait.C:
+		case <-wait:
 			err = errors.New("free: no session to the bridge")
 		case <-k.ctx.Done():
 		}

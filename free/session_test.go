@@ -58,6 +58,7 @@ type rig struct {
 	dials    atomic.Int32
 	mu       sync.Mutex
 	down     bool       // dials fail
+	mute     bool       // the bridge accepts and closes at once
 	accepted []net.Conn // the server's side of every session
 }
 
@@ -77,7 +78,12 @@ func newRig(t *testing.T, srv *Server, tune func(*Keeper, *Proxy)) *rig {
 			}
 			r.mu.Lock()
 			r.accepted = append(r.accepted, c)
+			mute := r.mute
 			r.mu.Unlock()
+			if mute {
+				c.Close()
+				continue
+			}
 			wg.Go(func() { srv.ServeConn(ctx, c, "rig") })
 		}
 	})
@@ -440,6 +446,29 @@ func TestSessionBridgeDown(t *testing.T) {
 	defer conn.Close()
 	if err := freetest.Echo(conn, ceiling, "back"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A bridge that takes the connection but never answers (a relay whose
+// bridge is down) is backed off as a failed dial, and the stream is told.
+func TestSessionBridgeMute(t *testing.T) {
+	r := newRig(t, &Server{Policy: loopbackPolicy(t)}, func(k *Keeper, _ *Proxy) {
+		k.SessionWait = 300 * time.Millisecond
+		k.MinBackoff = 20 * time.Millisecond
+		k.MaxBackoff = 80 * time.Millisecond
+	})
+	r.mu.Lock()
+	r.mute = true
+	r.mu.Unlock()
+	_, err := r.keeper.Open(context.Background(), Header{Command: UDP})
+	if err == nil || !strings.Contains(err.Error(), "before the bridge answered") {
+		t.Fatalf("Open against a mute bridge: %v", err)
+	}
+	if !strings.Contains(r.log.String(), "cannot open a session to the bridge") {
+		t.Errorf("no log line for the mute bridge")
+	}
+	if n := r.dials.Load(); n < 2 {
+		t.Errorf("%d dials, want retries", n)
 	}
 }
 
