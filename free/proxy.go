@@ -126,7 +126,7 @@ func (r *resetOnBreak) SetWriteDeadline(t time.Time) error { return r.stream.Set
 func (p *Proxy) associate(ctx context.Context, conn net.Conn, req *shim.ProxyRequest, log *slog.Logger) {
 	local, _ := netip.ParseAddrPort(conn.LocalAddr().String())
 	remote, _ := netip.ParseAddrPort(conn.RemoteAddr().String())
-	pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(local.Addr(), 0)))
+	pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(local.Addr().Unmap(), 0)))
 	if err != nil {
 		log.Warn("cannot open a UDP relay socket", "err", err)
 		shim.ReplyBound(conn, shim.RepGeneralFailure, unbound)
