@@ -74,7 +74,7 @@ func recovers(t *testing.T, r *freeRig, echo string) time.Duration {
 // the streams in flight with a reset and a log line; the child is
 // restarted, and new streams work again.
 func TestFreeFaultClientPT(t *testing.T) {
-	r := startFree(t, freeSetups(t)["testpt"], []string{"--allow", "127.0.0.0/8"}, nil)
+	r := startFree(t, freeSetups()["testpt"], []string{"--allow", "127.0.0.0/8"}, nil)
 	echo := echoServer(t)
 	conns := inFlight(t, r, echo, 5)
 	children := childPids(r.cli.Process.Pid)
@@ -98,7 +98,7 @@ func TestFreeFaultClientPT(t *testing.T) {
 // streams in flight; while it is down new streams are refused, and once
 // it is back (restarted, same state) they work again within the backoff.
 func TestFreeFaultBridge(t *testing.T) {
-	r := startFree(t, freeSetups(t)["testpt"], []string{"--allow", "127.0.0.0/8"}, []string{"--session-wait", "2s"})
+	r := startFree(t, freeSetups()["testpt"], []string{"--allow", "127.0.0.0/8"}, []string{"--session-wait", "2s"})
 	echo := echoServer(t)
 	conns := inFlight(t, r, echo, 5)
 	r.srv.Process.Kill()
@@ -132,7 +132,7 @@ func TestFreeFaultBridge(t *testing.T) {
 // socket behind in either combiner (the goroutines are package free's
 // tests': TestSessionManyStreams under goleak).
 func TestFreeManyStreams(t *testing.T) {
-	r := startFree(t, freeSetups(t)["testpt"], []string{"--allow", "127.0.0.0/8"}, nil)
+	r := startFree(t, freeSetups()["testpt"], []string{"--allow", "127.0.0.0/8"}, nil)
 	echo := echoServer(t)
 	inFlight(t, r, echo, 1)[0].Close() // the session is up
 	srvBase, cliBase := fdCount(r.srv.Process.Pid), fdCount(r.cli.Process.Pid)

@@ -48,12 +48,16 @@ type freeSetup struct {
 	alias, chain   string
 	server, client []string // each program's hop flags (--plugin, --builtin)
 	config         string   // the server's config file, if any
+	obfs4proxy     bool     // needs obfs4proxy: skipped without it
 }
 
 // startFree starts the server with srvFlags (its --allow and --deny) and
 // the client with cliFlags beside the setup's.
 func startFree(t *testing.T, s freeSetup, srvFlags, cliFlags []string) *freeRig {
 	t.Helper()
+	if s.obfs4proxy {
+		requireProgram(t, "obfs4proxy")
+	}
 	args := append(append([]string{}, s.server...), "--chain", s.alias+"="+s.chain, "--listen", s.alias+"=127.0.0.1:0",
 		"--free", "--state-dir", t.TempDir())
 	if s.config != "" {
@@ -107,12 +111,12 @@ func countingRelay(t *testing.T, upstream string) (string, *atomic.Int64, *atomi
 
 // The setups of a chain, one per hop kind: PT programs, in-process
 // transports, and the two mixed in one chain on both sides.
-func freeSetups(t *testing.T) map[string]freeSetup {
-	obfs4proxy := requireProgram(t, "obfs4proxy")
+func freeSetups() map[string]freeSetup {
+	obfs4proxy, _ := exec.LookPath("obfs4proxy") // startFree skips the setups that need it when it is missing
 	testpt := "test=" + bin("testpt")
 	return map[string]freeSetup{
 		"obfs4proxy": {name: "obfs4proxy obfs4|obfs4", alias: "o4o4", chain: "obfs4|obfs4",
-			server: []string{"--plugin", "obfs4=" + obfs4proxy}, client: []string{"--plugin", "obfs4=" + obfs4proxy}},
+			server: []string{"--plugin", "obfs4=" + obfs4proxy}, client: []string{"--plugin", "obfs4=" + obfs4proxy}, obfs4proxy: true},
 		"testpt": {name: "test PT test|test", alias: "t2", chain: "test|test",
 			server: []string{"--plugin", testpt}, client: []string{"--plugin", testpt},
 			config: "ServerTransportOptions t2 0.key=5 1.key=6\n"},
@@ -122,7 +126,7 @@ func freeSetups(t *testing.T) map[string]freeSetup {
 		// obfs4proxy on the bridge.
 		"mixed": {name: "mixed test|obfs4", alias: "mix", chain: "test|obfs4",
 			server: []string{"--plugin", testpt, "--plugin", "obfs4=" + obfs4proxy}, client: []string{"--plugin", testpt, "--builtin", "obfs4"},
-			config: "ServerTransportOptions mix 0.key=9\n"},
+			config: "ServerTransportOptions mix 0.key=9\n", obfs4proxy: true},
 	}
 }
 
@@ -133,7 +137,7 @@ func fetchSize(i int) int { return 1 + i*7919%200000 }
 // three loopback HTTP servers through --proxy, byte-exact, all over one
 // chained connection, for every hop kind; then a DNS query over UDP.
 func TestFreeHTTPGo(t *testing.T) {
-	setups := freeSetups(t)
+	setups := freeSetups()
 	for _, key := range []string{"testpt", "obfs4proxy", "builtin", "mixed"} {
 		s := setups[key]
 		t.Run(s.name, func(t *testing.T) {
@@ -201,7 +205,7 @@ func checkDNS(t *testing.T, r *freeRig) {
 // connection.
 func TestFreeHTTPCurl(t *testing.T) {
 	curl := requireProgram(t, "curl")
-	r := startFree(t, freeSetups(t)["obfs4proxy"], []string{"--allow", "127.0.0.0/8"}, nil)
+	r := startFree(t, freeSetups()["obfs4proxy"], []string{"--allow", "127.0.0.0/8"}, nil)
 	servers, served := freetest.HTTPServers(t, 3)
 	errs := freetest.Load(200, 50, func(i int) error {
 		_, port, _ := net.SplitHostPort(servers[i%3])
@@ -233,7 +237,7 @@ func TestFreeHTTPCurl(t *testing.T) {
 // two associations at once keep their own order; DNS answers, to an
 // address and to a name resolved on the bridge.
 func TestFreeUDP(t *testing.T) {
-	r := startFree(t, freeSetups(t)["testpt"], []string{"--allow", "127.0.0.0/8"}, nil)
+	r := startFree(t, freeSetups()["testpt"], []string{"--allow", "127.0.0.0/8"}, nil)
 	echo := freetest.UDPEcho(t)
 	ctx, cancel := context.WithTimeout(context.Background(), eventCeiling)
 	defer cancel()
@@ -273,7 +277,7 @@ func TestFreeUDP(t *testing.T) {
 func TestFreePolicy(t *testing.T) {
 	echo := echoServer(t)
 	_, echoPort, _ := net.SplitHostPort(echo)
-	s := freeSetups(t)["testpt"]
+	s := freeSetups()["testpt"]
 	for _, tc := range []struct {
 		name    string
 		flags   []string
@@ -317,7 +321,7 @@ func TestFreePolicy(t *testing.T) {
 // are written by hand on the chained connection the client's --proxy
 // keeps, so the check is the bridge's.
 func TestFreeMalformedHeader(t *testing.T) {
-	r := startFree(t, freeSetups(t)["testpt"], []string{"--allow", "127.0.0.0/8"}, nil)
+	r := startFree(t, freeSetups()["testpt"], []string{"--allow", "127.0.0.0/8"}, nil)
 	echo := echoServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), eventCeiling)
 	defer cancel()
@@ -361,7 +365,7 @@ func TestFreeProxyAuth(t *testing.T) {
 	curl := requireProgram(t, "curl")
 	auth := filepath.Join(t.TempDir(), "users")
 	writeFile(t, auth, "# who may use the proxy\nalice:s3cr:et\n\nbob:hunter2\n")
-	r := startFree(t, freeSetups(t)["testpt"], []string{"--allow", "127.0.0.0/8"}, []string{"--proxy-auth", auth})
+	r := startFree(t, freeSetups()["testpt"], []string{"--allow", "127.0.0.0/8"}, []string{"--proxy-auth", auth})
 	servers, _ := freetest.HTTPServers(t, 1)
 	url := "http://" + servers[0] + "/1000"
 	for _, tc := range []struct {
