@@ -57,6 +57,11 @@ type ServerOptions struct {
 	TorExtORPort  string
 	TorCookiePath string
 	TorORPort     string
+	// Streams, when set, takes every finished stream instead of tor or
+	// TorORPort: a free server (package free) serves a session over it.
+	// alias is the chain's, client the real client's ip:port. It must
+	// close conn, and return soon after ctx ends (the server closing).
+	Streams func(ctx context.Context, conn net.Conn, alias, client string)
 
 	// InProcess are a program's own in-process server transports, by
 	// method. A method of the configuration's builtin plugin (--builtin,
@@ -1112,8 +1117,12 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 }
 
 // toTor hands the application's stream, conn, to tor (or the --forward
-// service).
+// service, or ServerOptions.Streams).
 func (s *Server) toTor(c *serverConn, conn net.Conn) {
+	if s.opt.Streams != nil {
+		s.opt.Streams(s.ctx, conn, c.chain.alias, c.client)
+		return
+	}
 	tor, err := s.dialTor(c)
 	if err != nil {
 		msg := "cannot reach tor (or the --forward service)"
