@@ -8,20 +8,26 @@ LDFLAGS := -X github.com/ptcombiner/ptcombiner/internal/runner.Version=$(VERSION
 # How long each fuzz target runs in `make fuzz` (the seed corpora always run in `make test`).
 FUZZTIME ?= 30s
 
-.PHONY: all build demo demo-network demo-snowflake test test-short fuzz bench ptbench clean
+.PHONY: all build deb demo demo-network demo-snowflake test test-short fuzz bench ptbench clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/... ./test/testpt
 
+# The Debian package, in $(BIN)/: both programs, their man pages, the guides and
+# the AppArmor rules Debian's tor needs (packaging/deb/build.sh, docs/bridge.md).
+deb:
+	VERSION=$(VERSION) GO=$(GO) packaging/deb/build.sh $(BIN)
+
 # A local chain end to end: obfs4proxy when installed, else the project's test PT.
 demo: build
 	$(GO) run ./test/demo -bin $(BIN)
 
 # The most convincing demonstration: a private Tor network on loopback (authority,
-# exit, bridge with ptcombiner-server, client with ptcombiner-client) for three
-# chains; each client reaches 100% and fetches a page and a 2 MiB blob.
+# exit, bridge with three ptcombiner-servers, a client with ptcombiner-client per
+# chain) for five chains, through obfs4proxy, in-process (--builtin) and mixed;
+# each client reaches 100% and fetches a page and a 2 MiB blob.
 demo-network:
 	$(GO) test -count=1 -run '^TestPrivateTorNetwork$$' -v ./test/ 2>&1 | grep -v 'level=' | grep -E 'network_test|^(--- |    ---|ok|FAIL|PASS)'
 
@@ -32,12 +38,14 @@ demo-snowflake:
 	$(GO) test -count=1 -run '^TestPrivateTorNetworkSnowflake$$' -v ./test/ 2>&1 | grep -v 'level=' | grep -E 'snowflake_test|^(--- |    ---|ok|FAIL|PASS)'
 
 # Every test, with the race detector: unit tests, fuzz seed corpora, integration
-# tests against real obfs4proxy, and end-to-end tests with real tor; the private
-# Tor networks run last, verbose, so that their timings show.
+# tests against real obfs4proxy, and end-to-end tests with real tor; then the
+# Debian package, built, installed and run by tor as debian-tor (as root only);
+# the private Tor networks run last, verbose, so that their timings show.
 test:
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 40m -skip '^TestPrivateTorNetwork(Snowflake)?$$' ./...
+	$(GO) test -race -count=1 -timeout 40m -skip '^(TestPrivateTorNetwork|TestPrivateTorNetworkSnowflake|TestDebPackage)$$' ./...
 	$(GO) test -count=1 -run 'AllocatesNothing' ./shim/
+	$(GO) test -count=1 -run '^TestDebPackage$$' -v ./test/
 	$(MAKE) --no-print-directory demo-network
 	$(MAKE) --no-print-directory demo-snowflake
 

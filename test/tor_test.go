@@ -167,14 +167,21 @@ func tail(s string, n int) string {
 // bridgeLine picks the Bridge line for transport from tor's bridgelines file.
 func bridgeLine(t testing.TB, content, transport string) string {
 	t.Helper()
+	line, ok := findBridgeLine(content, transport)
+	if !ok {
+		t.Fatalf("no Bridge line for %s in:\n%s", transport, content)
+	}
+	return line
+}
+
+func findBridgeLine(content, transport string) (string, bool) {
 	for _, line := range strings.Split(content, "\n") {
 		f := strings.Fields(line)
 		if len(f) >= 4 && f[0] == "Bridge" && f[1] == transport {
-			return line
+			return line, true
 		}
 	}
-	t.Fatalf("no Bridge line for %s in:\n%s", transport, content)
-	return ""
+	return "", false
 }
 
 // TestTorClientOneHop: a tor client whose ClientTransportPlugin is

@@ -22,6 +22,7 @@ import (
 	pt "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
 
 	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/free"
 	"github.com/ptcombiner/ptcombiner/internal/runner"
 	"github.com/ptcombiner/ptcombiner/metadata"
 	"github.com/ptcombiner/ptcombiner/ptproc"
@@ -29,9 +30,11 @@ import (
 
 func main() {
 	app := &cli.App{
-		Name:    "ptcombiner-server",
-		Usage:   "chain Tor pluggable transports on a bridge (run by tor as a ServerTransportPlugin)",
-		Version: runner.Version,
+		Name:        "ptcombiner-server",
+		Usage:       "chain Tor pluggable transports on a bridge (run by tor as a ServerTransportPlugin)",
+		UsageText:   "ptcombiner-server [OPTIONS]",
+		Description: description,
+		Version:     runner.Version,
 		Flags: append(runner.Flags(),
 			&cli.DurationFlag{Name: "handshake-timeout", Value: chain.DefaultHandshakeTimeout, Usage: "bound on each Extended ORPort handshake"},
 			&cli.DurationFlag{Name: "dial-timeout", Value: chain.DefaultDialTimeout, Usage: "bound on each dial into a hop or to tor"},
@@ -41,6 +44,10 @@ func main() {
 			&cli.StringSliceFlag{Name: "outer-listens", Usage: "chains whose outermost hop, a direct PT program, listens on the chain's public address itself, with no listener of ptcombiner's in front: `ALIASES`, comma separated (repeatable)"},
 			&cli.StringSliceFlag{Name: "listen", Category: "Standalone (without tor)", Usage: "a chain's public listener: `ALIAS=ADDR` (repeatable)"},
 			&cli.StringFlag{Name: "forward", Category: "Standalone (without tor)", Usage: "the TCP service `HOST:PORT` that finished streams go to"},
+			&cli.BoolFlag{Name: "free", Category: "Standalone (without tor)", Usage: "instead of --forward: every chained connection carries a session of streams to any destination, from a client's --proxy (see docs/free.md)"},
+			&cli.StringSliceFlag{Name: "allow", Category: "Standalone (without tor)", Usage: "with --free, destinations to allow: `PREFIX[:PORTS]`, e.g. 127.0.0.0/8, 192.0.2.0/24:80,443, [2001:db8::/32]:443, :443 (repeatable); loopback, private, link-local and multicast are denied unless allowed"},
+			&cli.StringSliceFlag{Name: "deny", Category: "Standalone (without tor)", Usage: "with --free, destinations to deny: `PREFIX[:PORTS]` (repeatable); the narrowest matching rule decides"},
+			&cli.DurationFlag{Name: "udp-idle", Category: "Standalone (without tor)", Value: free.DefaultUDPIdle, Usage: "with --free, end a UDP association after this long without a datagram"},
 			&cli.StringFlag{Name: "state-dir", Category: "Standalone (without tor)", Usage: "`DIR` for the hops' state, in-process or in PT programs (obfs4's keys: keep it)"},
 		),
 		HideHelpCommand: true,
@@ -57,6 +64,9 @@ func run(c *cli.Context) error {
 	}
 	if !runner.Managed() {
 		return runStandalone(c)
+	}
+	if c.Bool("free") {
+		return runner.Fail("", "ptcombiner-server: --free runs without tor only (see docs/free.md)")
 	}
 	log, closer, cfg, err := runner.ManagedSetup(c, chain.ServerRole, "ptcombiner-server")
 	if err != nil {

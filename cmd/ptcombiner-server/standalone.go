@@ -11,13 +11,15 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/free"
 	"github.com/ptcombiner/ptcombiner/internal/runner"
 	"github.com/ptcombiner/ptcombiner/metadata"
 )
 
 // runStandalone runs the server without tor: each --listen chain's streams
-// go to the plain TCP service --forward, so that chains can protect more
-// than Tor. It prints, per chain, what a client needs.
+// go to the plain TCP service --forward, or, with --free, each carries a
+// session of streams to any destination the policy allows, so that chains
+// can protect more than Tor. It prints, per chain, what a client needs.
 func runStandalone(c *cli.Context) error {
 	var binds []chain.Bind
 	for _, l := range c.StringSlice("listen") {
@@ -35,8 +37,17 @@ func runStandalone(c *cli.Context) error {
 		return errors.New("not run by tor (TOR_PT_MANAGED_TRANSPORT_VER is not set) and no --listen given: nothing to do (see docs/bridge.md)")
 	}
 	forward := c.String("forward")
-	if forward == "" {
-		return errors.New("--forward HOST:PORT is required without tor: where finished streams go")
+	switch {
+	case c.Bool("free") && forward != "":
+		return errors.New("--free and --forward: choose one (where finished streams go)")
+	case !c.Bool("free") && forward == "":
+		return errors.New("--forward HOST:PORT is required without tor: where finished streams go (or --free, see docs/free.md)")
+	case !c.Bool("free") && (len(c.StringSlice("allow")) > 0 || len(c.StringSlice("deny")) > 0):
+		return errors.New("--allow and --deny need --free")
+	}
+	policy, err := free.ParseRules(c.StringSlice("allow"), c.StringSlice("deny"))
+	if err != nil {
+		return err
 	}
 	stateDir := c.String("state-dir")
 	if stateDir == "" {
@@ -56,7 +67,14 @@ func runStandalone(c *cli.Context) error {
 	}
 	monitor := runner.NewMonitor(context.Background(), false)
 	defer monitor.Stop()
+	var streams func(ctx context.Context, conn net.Conn, alias, client string)
+	if c.Bool("free") {
+		fs := &free.Server{Policy: policy, Logger: log, DialTimeout: c.Duration("dial-timeout"),
+			UDPIdle: c.Duration("udp-idle"), ShowNames: c.Bool("unsafe-logging")}
+		streams = func(ctx context.Context, conn net.Conn, alias, _ string) { fs.ServeConn(ctx, conn, alias) }
+	}
 	server := chain.NewServer(chain.ServerOptions{
+		Streams:          streams,
 		Config:           cfg,
 		StateDir:         stateDir,
 		Logger:           log,

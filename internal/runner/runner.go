@@ -376,9 +376,17 @@ func Run(app *cli.App, args []string) int {
 	app.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
 		return fmt.Errorf("%w (%s --help lists the flags)", err, app.Name)
 	}
+	app.Flags = append(app.Flags, &cli.BoolFlag{Name: manFlag, Hidden: true})
 	action, ran := app.Action, false
 	app.Action = func(c *cli.Context) error {
 		ran = true
+		if c.Bool(manFlag) {
+			page, err := ManPage(app)
+			if err == nil {
+				_, err = fmt.Fprint(app.Writer, page)
+			}
+			return err
+		}
 		return action(c)
 	}
 	err := app.Run(args)
