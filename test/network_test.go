@@ -7,30 +7,20 @@ package test
 // ptcombiner-client that bootstraps to 100% and fetches pages through the
 // chain.
 //
-// No chain here ends in an "indirect" PT. obfs4proxy's meek_lite is a client
-// only and needs an HTTPS front and a meek server, neither of which exists
-// offline on this machine; snowflake needs its broker and WebRTC proxies.
-// The client supports such a PT as the last hop (it is asked for the bridge
-// address and may ignore it), but the suite cannot run one.
+// Chains that end in an indirect PT run on networks of their own:
+// obfs4|meek in meek_test.go, obfs4|snowflake (in a network namespace) in
+// snowflake_test.go. The network itself (authority, exit, web server) is
+// privnet_test.go's.
 
 import (
-	"bytes"
-	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/net/proxy"
 )
 
 // networkCombiner is one ptcombiner-server of the bridge (one
@@ -71,81 +61,10 @@ func TestPrivateTorNetwork(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a private Tor network")
 	}
-	requireProgram(t, "tor")
-	gencert := requireProgram(t, "tor-gencert")
 	obfs4proxy := requireProgram(t, "obfs4proxy")
 	suiteStart := time.Now()
-
-	// The web server the client fetches from, through the exit.
-	blob := make([]byte, 2<<20)
-	rand.Read(blob)
-	page := []byte("<html><body>ptcombiner private network</body></html>\n")
-	web, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { w.Write(page) })
-	mux.HandleFunc("/blob", func(w http.ResponseWriter, r *http.Request) { w.Write(blob) })
-	hs := &http.Server{Handler: mux}
-	go hs.Serve(web)
-	defer hs.Close()
-	httpPort := web.Addr().(*net.TCPAddr).Port
-
-	// The authority's keys and fingerprints.
-	authDir, err := os.MkdirTemp("", "ptcombiner-tor-auth-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.MkdirAll(filepath.Join(authDir, "keys"), 0o700)
-	authOR, authDirPort := freePort(t), freePort(t)
-	cmd := exec.Command(gencert, "--create-identity-key", "-m", "12", "-a", fmt.Sprintf("127.0.0.1:%d", authDirPort),
-		"-i", filepath.Join(authDir, "keys", "authority_identity_key"),
-		"-s", filepath.Join(authDir, "keys", "authority_signing_key"),
-		"-c", filepath.Join(authDir, "keys", "authority_certificate"), "--passphrase-fd", "0")
-	cmd.Stdin = strings.NewReader("\n")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("tor-gencert: %v\n%s", err, out)
-	}
-	certText, _ := os.ReadFile(filepath.Join(authDir, "keys", "authority_certificate"))
-	v3ident := ""
-	for _, line := range strings.Split(string(certText), "\n") {
-		if f := strings.Fields(line); len(f) == 2 && f[0] == "fingerprint" {
-			v3ident = f[1]
-		}
-	}
-	empty := filepath.Join(t.TempDir(), "empty-torrc")
-	os.WriteFile(empty, nil, 0o600)
-	out, err := exec.Command("tor", "--list-fingerprint", "--DataDirectory", authDir,
-		"--ORPort", fmt.Sprint(authOR), "--defaults-torrc", empty, "-f", empty).Output()
-	if err != nil || v3ident == "" {
-		t.Fatalf("fingerprints: v3ident %q, %v\n%s", v3ident, err, out)
-	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	fpFields := strings.Fields(lines[len(lines)-1])
-	fingerprint := strings.Join(fpFields[1:], "")
-	if len(fingerprint) != 40 {
-		t.Fatalf("relay fingerprint %q from %q", fingerprint, out)
-	}
-	dirAuth := fmt.Sprintf("DirAuthority auth orport=%d no-v2 v3ident=%s 127.0.0.1:%d %s", authOR, v3ident, authDirPort, fingerprint)
-	resolv := filepath.Join(t.TempDir(), "resolv.conf")
-	os.WriteFile(resolv, []byte("nameserver 127.0.0.1\n"), 0o600)
-	common := []string{"TestingTorNetwork 1", dirAuth, "PathsNeededToBuildCircuits 0.67"}
-	relay := append([]string{"Address 127.0.0.1", "AssumeReachable 1", "SocksPort 0",
-		"ServerDNSResolvConfFile " + resolv, "ServerDNSAllowBrokenConfig 1", "ServerDNSDetectHijacking 0"}, common...)
-
-	startTorIn(t, "authority", authDir, append([]string{"Nickname auth",
-		fmt.Sprintf("ORPort 127.0.0.1:%d", authOR), fmt.Sprintf("DirPort 127.0.0.1:%d", authDirPort),
-		"AuthoritativeDirectory 1", "V3AuthoritativeDirectory 1", "ContactInfo ptcombiner-test",
-		"TestingV3AuthInitialVotingInterval 5", "TestingV3AuthInitialVoteDelay 2", "TestingV3AuthInitialDistDelay 2",
-		"V3AuthVotingInterval 10", "V3AuthVoteDelay 2", "V3AuthDistDelay 2", "V3AuthNIntervalsValid 2",
-		"TestingDirAuthVoteExit *", "TestingDirAuthVoteGuard *", "TestingDirAuthVoteHSDir *",
-		"TestingMinExitFlagThreshold 0", "ExitPolicy reject *:*"}, relay...)...)
-	startTor(t, "exit", append([]string{"Nickname exit",
-		fmt.Sprintf("ORPort 127.0.0.1:%d", freePort(t)), fmt.Sprintf("DirPort 127.0.0.1:%d", freePort(t)),
-		"ExitRelay 1", "ExitPolicyRejectPrivate 0", "ExitPolicyRejectLocalInterfaces 0",
-		"ExitPolicy accept 127.0.0.0/8:*", fmt.Sprintf("ExitPolicy accept *:%d", httpPort), "ExitPolicy reject *:*",
-		"RefuseUnknownExits 0"}, relay...)...)
+	n := startPrivNet(t)
+	common, relay := n.common, n.relay
 
 	// The bridge serves every chain at once, each on its own public port,
 	// from one ptcombiner-server per combiner.
@@ -187,20 +106,7 @@ func TestPrivateTorNetwork(t *testing.T) {
 	})
 
 	// The client starts when the bridge knows both relays (TOR-E2E.md).
-	deadline := time.Now().Add(120 * time.Second)
-	for {
-		cons, _ := os.ReadFile(filepath.Join(bridge.dir, "cached-microdesc-consensus"))
-		md1, _ := os.ReadFile(filepath.Join(bridge.dir, "cached-microdescs"))
-		md2, _ := os.ReadFile(filepath.Join(bridge.dir, "cached-microdescs.new"))
-		if bytes.Contains(cons, []byte("\nr auth ")) && bytes.Contains(cons, []byte("\nr exit ")) && len(md1)+len(md2) > 0 &&
-			bytes.Count(append(md1, md2...), []byte("onion-key")) >= 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the bridge's consensus does not list both relays after 120 s:\n%s", cons)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	n.waitBridgeKnowsRelays(t, bridge)
 	t.Logf("network ready after %v", time.Since(suiteStart).Round(time.Second))
 	if kids := progNames(childPids(bridge.cmd.Process.Pid)); len(kids) != len(combiners) ||
 		slices.ContainsFunc(kids, func(n string) bool { return n != "ptcombiner-server" }) {
@@ -225,30 +131,7 @@ func TestPrivateTorNetwork(t *testing.T) {
 			t.Logf("%s: bootstrapped to 100%% in %v", ch.alias, times[ch.alias].Round(100*time.Millisecond))
 
 			// A page and a 2 MiB blob through the client's SocksPort.
-			dialer, _ := proxy.SOCKS5("tcp", fmt.Sprintf("127.0.0.1:%d", socksPort), nil, proxy.Direct)
-			hc := &http.Client{Timeout: 90 * time.Second, Transport: &http.Transport{
-				DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-					return dialer.(proxy.ContextDialer).DialContext(ctx, network, addr)
-				},
-			}}
-			for path, want := range map[string][]byte{"/": page, "/blob": blob} {
-				var got []byte
-				err := fetches.run(t, 3, func() error {
-					resp, err := hc.Get(fmt.Sprintf("http://127.0.0.1:%d%s", httpPort, path))
-					if err != nil {
-						return err
-					}
-					defer resp.Body.Close()
-					got, err = io.ReadAll(resp.Body)
-					return err
-				})
-				if err != nil {
-					t.Fatalf("fetch %s: %v", path, err)
-				}
-				if sha256.Sum256(got) != sha256.Sum256(want) {
-					t.Fatalf("fetch %s: %d bytes that differ from the %d served", path, len(got), len(want))
-				}
-			}
+			n.fetchAll(t, socksPort, fetches)
 
 			// The bridge's tor learned the client-side socket and the alias.
 			truth := establishedTo(t, ports[ch.alias])
