@@ -20,7 +20,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
 )
 
 // networkCombiner is one ptcombiner-server of the bridge (one
