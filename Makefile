@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/ptcombiner/ptcombiner/internal/runner.Version=$(VERSION
 # How long each fuzz target runs in `make fuzz` (the seed corpora always run in `make test`).
 FUZZTIME ?= 30s
 
-.PHONY: all build deb demo demo-network test test-short fuzz bench ptbench clean
+.PHONY: all build deb demo demo-network demo-snowflake test test-short fuzz bench ptbench clean
 
 all: build
 
@@ -25,21 +25,29 @@ demo: build
 	$(GO) run ./test/demo -bin $(BIN)
 
 # The most convincing demonstration: a private Tor network on loopback (authority,
-# exit, bridge with ptcombiner-server, client with ptcombiner-client) for three
-# chains; each client reaches 100% and fetches a page and a 2 MiB blob.
+# exit, bridge with three ptcombiner-servers, a client with ptcombiner-client per
+# chain) for five chains, through obfs4proxy, in-process (--builtin) and mixed;
+# each client reaches 100% and fetches a page and a 2 MiB blob.
 demo-network:
 	$(GO) test -count=1 -run '^TestPrivateTorNetwork$$' -v ./test/ 2>&1 | grep -v 'level=' | grep -E 'network_test|^(--- |    ---|ok|FAIL|PASS)'
+
+# obfs4 inside snowflake through both combiners, on a private Tor network in a
+# private network namespace (root; skipped, with the reason, where the machine
+# refuses one). It builds snowflake's server and broker from the Go module proxy.
+demo-snowflake:
+	$(GO) test -count=1 -run '^TestPrivateTorNetworkSnowflake$$' -v ./test/ 2>&1 | grep -v 'level=' | grep -E 'snowflake_test|^(--- |    ---|ok|FAIL|PASS)'
 
 # Every test, with the race detector: unit tests, fuzz seed corpora, integration
 # tests against real obfs4proxy, and end-to-end tests with real tor; then the
 # Debian package, built, installed and run by tor as debian-tor (as root only);
-# the private Tor network runs last, verbose, so that its timings show.
+# the private Tor networks run last, verbose, so that their timings show.
 test:
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 40m -skip '^(TestPrivateTorNetwork|TestDebPackage)$$' ./...
+	$(GO) test -race -count=1 -timeout 40m -skip '^(TestPrivateTorNetwork|TestPrivateTorNetworkSnowflake|TestDebPackage)$$' ./...
 	$(GO) test -count=1 -run 'AllocatesNothing' ./shim/
 	$(GO) test -count=1 -run '^TestDebPackage$$' -v ./test/
 	$(MAKE) --no-print-directory demo-network
+	$(MAKE) --no-print-directory demo-snowflake
 
 test-short:
 	$(GO) test -race -short -count=1 ./...

@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/pires/go-proxyproto v0.15.0
 	github.com/urfave/cli/v2 v2.27.7
+	github.com/xtaci/smux v1.5.58
 	gitlab.com/yawning/obfs4.git v0.0.0-20231012084234-c3e2d44b1033
 	gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib v1.6.0
 	go.uber.org/goleak v1.3.0

@@ -76,7 +76,10 @@
 // Dialer adapts a chain to golang.org/x/net/proxy; Client.Transport makes
 // a chain a transport.Dialer, so it can be a hop of transport.ClientChain.
 // SOCKSServer serves chains to applications that speak SOCKS5 the way tor
-// speaks to a PT: with it a Go program has the whole of ptcombiner-client.
+// speaks to a PT: with it a Go program has the whole of ptcombiner-client;
+// its ServeFunc runs any handler under the same lifecycle (package free's
+// proxy). ServerOptions.Streams hands the server's finished streams to
+// something other than tor (package free's end of a free transport).
 // ExampleClient dials through an in-process chain; the program
 // examples/dial dials through a chain that mixes an in-process hop with a
 // PT program.

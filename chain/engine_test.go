@@ -346,7 +346,7 @@ func TestServerExtORPortSecurity(t *testing.T) {
 	child := srv.children[0]
 	ext := child.extLn.Addr().String()
 	srv.mu.Unlock()
-	cookiePath := srv.cookiePath()
+	cookiePath := srv.cookieFile(child)
 
 	// 1. A wrong cookie: the hash check fails.
 	wrong := t.TempDir() + "/wrong"

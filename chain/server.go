@@ -43,10 +43,10 @@ const (
 // defaults, except Config and StateDir.
 type ServerOptions struct {
 	Config *Config
-	// StateDir holds the server's own files: the cookie, each hop's state
-	// (obfs4's keys, in process or in a child). Required, and kept across
-	// restarts (obfs4's cert comes from it); Start creates it 0700 when
-	// missing.
+	// StateDir holds the server's own files: its children's cookies, each
+	// hop's state (obfs4's keys, in process or in a child). Required, and
+	// kept across restarts (obfs4's cert comes from it); Start creates it
+	// 0700 when missing.
 	StateDir string
 	Logger   *slog.Logger
 
@@ -65,6 +65,11 @@ type ServerOptions struct {
 	// ProxyHeaderTimeout bounds the read of a PROXY protocol header
 	// (Config.ProxyProtocol; DefaultProxyHeaderTimeout).
 	ProxyHeaderTimeout time.Duration
+	// Streams, when set, takes every finished stream instead of tor or
+	// TorORPort: a free server (package free) serves a session over it.
+	// alias is the chain's, client the real client's ip:port. It must
+	// close conn, and return soon after ctx ends (the server closing).
+	Streams func(ctx context.Context, conn net.Conn, alias, client string)
 
 	// InProcess are a program's own in-process server transports, by
 	// method. A method of the configuration's builtin plugin (--builtin,
@@ -122,7 +127,6 @@ type Published struct {
 type Server struct {
 	opt     ServerOptions
 	log     *slog.Logger
-	cookie  []byte
 	ctx     context.Context
 	cancel  context.CancelFunc
 	stamps  *stampBook
@@ -149,6 +153,7 @@ type serverChild struct {
 	args    []string
 	options map[string]metadata.Args // by method; the TOR_PT_SERVER_TRANSPORT_OPTIONS it gets
 	extLn   *net.TCPListener         // its own Extended ORPort
+	cookie  []byte                   // that Extended ORPort's (cookieFile)
 	orLn    *net.TCPListener         // its plain ORPort, which refuses
 	sup     *supervisor
 	err     error // why it could not start
@@ -509,12 +514,12 @@ func (s *Server) Start(ctx context.Context, binds []Bind) ([]Published, error) {
 	children := append([]*serverChild(nil), s.children...)
 	inprocs := append([]*inprocHop(nil), s.inprocs...)
 	s.mu.Unlock()
-	if err := s.prepareStateDirs(children, inprocs, dirs); err != nil {
+	err = s.prepareStateDirs(children, inprocs, dirs)
+	dirs.release() // recorded: other servers sharing the directory may go on
+	if err != nil {
 		return nil, err
 	}
-	if err := s.launchChildren(ctx, children); err != nil {
-		return nil, err
-	}
+	s.launchChildren(ctx, children)
 	s.startInProcess(ctx, inprocs)
 	for i, p := range plans {
 		if p != nil {
@@ -714,21 +719,13 @@ func (s *Server) copyStateDir(who, from, dir string) error {
 }
 
 // launchChildren starts, in parallel, the children that have not started
-// (nor failed) yet, after writing the Extended ORPort cookie they share
-// (a server of in-process hops only needs none).
-func (s *Server) launchChildren(ctx context.Context, children []*serverChild) error {
+// (nor failed) yet.
+func (s *Server) launchChildren(ctx context.Context, children []*serverChild) {
 	var fresh []*serverChild
 	for _, c := range children {
 		if c.sup == nil && c.err == nil {
 			fresh = append(fresh, c)
 		}
-	}
-	if len(fresh) > 0 && s.cookie == nil {
-		cookie, err := extorport.WriteCookieFile(s.cookiePath())
-		if err != nil {
-			return fmt.Errorf("writing the Extended ORPort cookie: %w", err)
-		}
-		s.cookie = cookie
 	}
 	var wg sync.WaitGroup
 	for _, c := range fresh {
@@ -739,7 +736,6 @@ func (s *Server) launchChildren(ctx context.Context, children []*serverChild) er
 		}()
 	}
 	wg.Wait()
-	return nil
 }
 
 func (s *Server) pluginIndex(method string) int {
@@ -753,12 +749,16 @@ func (s *Server) pluginIndex(method string) int {
 	return -1 // CheckChain ran before
 }
 
-func (s *Server) cookiePath() string {
-	return filepath.Join(s.opt.StateDir, "extended_orport_auth_cookie")
+// cookieFile is where the child's Extended ORPort cookie is kept: one per
+// child, named after its state directory, so that the servers of several
+// ServerTransportPlugin lines, which share tor's pt_state, never overwrite
+// each other's.
+func (s *Server) cookieFile(c *serverChild) string {
+	return filepath.Join(s.opt.StateDir, "extended_orport_auth_cookie."+c.stateDir)
 }
 
-// launch opens the child's own Extended ORPort and plain ORPort listeners
-// and starts it pointed at them.
+// launch opens the child's ORPorts (listenORPorts) and starts it under a
+// supervisor, pointed at them.
 func (s *Server) launch(ctx context.Context, c *serverChild) error {
 	if err := s.listenORPorts(c); err != nil {
 		return err
@@ -798,9 +798,14 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 	return err
 }
 
-// listenORPorts opens the child's own Extended ORPort and plain ORPort on
-// loopback and serves them until the server closes.
+// listenORPorts writes the child's cookie, opens its own Extended ORPort
+// and plain ORPort on loopback and serves them until the server closes.
 func (s *Server) listenORPorts(c *serverChild) error {
+	cookie, err := extorport.WriteCookieFile(s.cookieFile(c))
+	if err != nil {
+		return fmt.Errorf("writing the Extended ORPort cookie: %w", err)
+	}
+	c.cookie = cookie
 	loop := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
 	ext, err := loopback.ListenTCP(loop)
 	if err != nil {
@@ -844,7 +849,7 @@ func (s *Server) childSpec(c *serverChild) ptproc.Spec {
 		Options:        opts,
 		ORPort:         c.orLn.Addr().String(),
 		ExtORPort:      c.extLn.Addr().String(),
-		AuthCookieFile: s.cookiePath(),
+		AuthCookieFile: s.cookieFile(c),
 		StartTimeout:   s.opt.StartTimeout,
 		Logger:         s.log,
 	}
@@ -1089,7 +1094,7 @@ func (s *Server) neverArrived(c *serverConn, pos int, st stamp, up net.Conn, dow
 // public address itself has no stamps: its arrivals start connections
 // (arrive).
 func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
-	meta, err := extorport.ServerHandshake(conn, extorport.ServerConfig{Cookie: s.cookie, Timeout: s.opt.HandshakeTimeout})
+	meta, err := extorport.ServerHandshake(conn, extorport.ServerConfig{Cookie: child.cookie, Timeout: s.opt.HandshakeTimeout})
 	if err != nil {
 		s.log.Warn("refused an Extended ORPort connection", "child", child.name(), "err", err)
 		conn.Close()
@@ -1136,8 +1141,12 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 }
 
 // toTor hands the application's stream, conn, to tor (or the --forward
-// service).
+// service, or ServerOptions.Streams).
 func (s *Server) toTor(c *serverConn, conn net.Conn) {
+	if s.opt.Streams != nil {
+		s.opt.Streams(s.ctx, conn, c.chain.alias, c.client)
+		return
+	}
 	tor, release, err := s.dialTor(c)
 	if err != nil {
 		msg := "cannot reach tor (or the --forward service)"

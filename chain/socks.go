@@ -78,6 +78,15 @@ func (s *SOCKSServer) ServeTunnel(ln net.Listener, alias, bridge string, args me
 	return s.serve(ln, func(conn net.Conn) { s.handleTunnel(alias, bridge, args, conn) })
 }
 
+// ServeFunc runs handle on every connection accepted on ln, each in its
+// own goroutine, under the server's lifecycle (MaxConns, Shutdown, Close:
+// ctx ends when the server closes), until ln fails or the server is shut
+// down, and closes ln. The connection is closed after handle returns. A
+// free proxy (package free) serves its SOCKS5 listeners so.
+func (s *SOCKSServer) ServeFunc(ln net.Listener, handle func(ctx context.Context, conn net.Conn)) error {
+	return s.serve(ln, func(conn net.Conn) { handle(s.ctx, conn) })
+}
+
 // serve runs handle on every connection ln accepts, each in its own
 // goroutine.
 func (s *SOCKSServer) serve(ln net.Listener, handle func(net.Conn)) error {

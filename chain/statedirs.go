@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // A server child's state directory holds its keys: obfs4's node id and
@@ -52,6 +54,7 @@ type stateDirs struct {
 	found bool            // the file existed
 	dirs  map[slot]string // by slot
 	saved map[slot]string // as on disk
+	lock  *os.File        // held from load to release (see loadStateDirs)
 }
 
 type stateDirsFileV1 struct {
@@ -69,7 +72,45 @@ const stateDirsComment = "ptcombiner-server: the state directory of the PT servi
 
 // loadStateDirs reads the record in root; a missing file is an empty
 // record, an unreadable one an error (guessing would publish new certs).
+//
+// Several servers may share root: tor gives the ptcombiner-servers of all
+// its ServerTransportPlugin lines one pt_state, and starts them at once.
+// Each holds an exclusive lock (flock(2) on a file beside the record) from
+// its load to its release, after its save, so that none writes a record
+// read before another's save and drops that server's slots.
 func loadStateDirs(root string) (*stateDirs, error) {
+	lock, err := os.OpenFile(filepath.Join(root, stateDirsFile+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("the state directories' lock: %w", err)
+	}
+	for {
+		err = unix.Flock(int(lock.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("the state directories' lock: %w", err)
+	}
+	r, err := readStateDirs(root)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	r.lock = lock
+	return r, nil
+}
+
+// release ends the lock loadStateDirs took; the record stays usable.
+func (r *stateDirs) release() {
+	if r.lock != nil {
+		r.lock.Close()
+		r.lock = nil
+	}
+}
+
+func readStateDirs(root string) (*stateDirs, error) {
 	r := &stateDirs{root: root, dirs: map[slot]string{}, saved: map[slot]string{}}
 	path := filepath.Join(root, stateDirsFile)
 	b, err := os.ReadFile(path)

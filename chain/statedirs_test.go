@@ -71,7 +71,7 @@ func (l layout) start(t *testing.T, stateDir string) map[slot]string {
 	if slices.Sort(childDirs); len(slices.Compact(slices.Clone(childDirs))) != len(childDirs) {
 		t.Fatalf("children share a state directory: %q", childDirs)
 	}
-	record, err := loadStateDirs(stateDir)
+	record, err := readStateDirs(stateDir)
 	if err != nil {
 		t.Fatal(err)
 	}

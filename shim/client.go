@@ -2,11 +2,11 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
-	"strconv"
 	"time"
 
 	"github.com/ptcombiner/ptcombiner/internal/loopback"
@@ -54,26 +54,46 @@ func DialSOCKS5(ctx context.Context, proxyAddr, target string, user, pass []byte
 // before Handshake returns. A non-zero REP is returned as a *ReplyError.
 // Handshake does not close conn. Its errors do not repeat target, which
 // the caller knows and names (chain.HopError).
-func Handshake(ctx context.Context, conn net.Conn, target string, user, pass []byte) (err error) {
+func Handshake(ctx context.Context, conn net.Conn, target string, user, pass []byte) error {
 	req, err := encodeRequest(target)
 	if err != nil {
 		return fmt.Errorf("socks5: %w", err)
 	}
+	_, err = request(ctx, conn, req, user, pass)
+	return err
+}
+
+// AssociateUDP asks the SOCKS5 server at the other end of conn for a UDP
+// association (RFC 1928 section 7) and returns the relay's address
+// (BND.ADDR, BND.PORT), where the client sends its datagrams, each with
+// the header of ParseUDPRequest. The association lasts as long as conn.
+// Credentials, ctx and errors are as for Handshake.
+func AssociateUDP(ctx context.Context, conn net.Conn, user, pass []byte) (Addr, error) {
+	// "If the client is not in possession of the information at the time
+	// of the UDP ASSOCIATE, the client MUST use a port number and address
+	// of all zeros."
+	req, _ := AppendAddr([]byte{socksVersion, CmdUDPAssociate, 0}, Addr{IP: netip.IPv4Unspecified()})
+	return request(ctx, conn, req, user, pass)
+}
+
+// request runs the exchange of Handshake for the request req and returns
+// the reply's bound address.
+func request(ctx context.Context, conn net.Conn, req, user, pass []byte) (bnd Addr, err error) {
 	auth := len(user) > 0 || len(pass) > 0
 	if auth {
 		// RFC 1929: "ULEN ... 1 to 255", "PLEN ... 1 to 255".
 		if len(user) < 1 || len(user) > 255 || len(pass) < 1 || len(pass) > 255 {
-			return fmt.Errorf("socks5: %w: username of %d bytes and password of %d bytes, each must be 1..255",
+			return Addr{}, fmt.Errorf("socks5: %w: username of %d bytes and password of %d bytes, each must be 1..255",
 				ErrInvalidCredentials, len(user), len(pass))
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("socks5: handshake not started: %w", err)
+		return Addr{}, fmt.Errorf("socks5: handshake not started: %w", err)
 	}
 
 	if dl, ok := ctx.Deadline(); ok {
 		if err := conn.SetDeadline(dl); err != nil {
-			return fmt.Errorf("socks5: set deadline: %w", err)
+			return Addr{}, fmt.Errorf("socks5: set deadline: %w", err)
 		}
 	}
 	fired := make(chan struct{})
@@ -87,48 +107,49 @@ func Handshake(ctx context.Context, conn net.Conn, target string, user, pass []b
 			// clearing the deadline below is the last word.
 			<-fired
 			if err == nil {
-				err = fmt.Errorf("socks5: handshake: %w", context.Cause(ctx))
+				bnd, err = Addr{}, fmt.Errorf("socks5: handshake: %w", context.Cause(ctx))
 			}
 		}
 		if cerr := conn.SetDeadline(time.Time{}); cerr != nil && err == nil {
-			err = fmt.Errorf("socks5: clear deadline: %w", cerr)
+			bnd, err = Addr{}, fmt.Errorf("socks5: clear deadline: %w", cerr)
 		}
 	}()
 
-	if err := handshake(conn, req, user, pass, auth); err != nil {
+	bnd, err = handshake(conn, req, user, pass, auth)
+	if err != nil {
 		if cerr := ctx.Err(); cerr != nil {
-			return fmt.Errorf("socks5: handshake: %w: %w", context.Cause(ctx), err)
+			return Addr{}, fmt.Errorf("socks5: handshake: %w: %w", context.Cause(ctx), err)
 		}
-		return fmt.Errorf("socks5: %w", err)
+		return Addr{}, fmt.Errorf("socks5: %w", err)
 	}
-	return nil
+	return bnd, nil
 }
 
 // handshake is the lock-step exchange; the caller handles deadlines.
-func handshake(conn net.Conn, req []byte, user, pass []byte, auth bool) error {
+func handshake(conn net.Conn, req []byte, user, pass []byte, auth bool) (Addr, error) {
 	// RFC 1928 section 3: VER | NMETHODS | METHODS.
 	method := byte(methodNone)
 	if auth {
 		method = methodUserPass
 	}
 	if _, err := conn.Write([]byte{socksVersion, 1, method}); err != nil {
-		return fmt.Errorf("send method selection: %w", err)
+		return Addr{}, fmt.Errorf("send method selection: %w", err)
 	}
 	var b [4]byte
 	if _, err := io.ReadFull(conn, b[:2]); err != nil {
-		return fmt.Errorf("read method selection reply: %w", err)
+		return Addr{}, fmt.Errorf("read method selection reply: %w", err)
 	}
 	if b[0] != socksVersion {
-		return fmt.Errorf("%w: method selection reply has version 0x%02x, want 0x05", ErrMalformed, b[0])
+		return Addr{}, fmt.Errorf("%w: method selection reply has version 0x%02x, want 0x05", ErrMalformed, b[0])
 	}
 	switch b[1] {
 	case method:
 	case methodNoAcceptable:
 		// RFC 1928: "If the selected METHOD is X'FF', none of the methods
 		// listed by the client are acceptable".
-		return fmt.Errorf("%w: server refused method 0x%02x", ErrNoAcceptableMethods, method)
+		return Addr{}, fmt.Errorf("%w: server refused method 0x%02x", ErrNoAcceptableMethods, method)
 	default:
-		return fmt.Errorf("%w: server selected method 0x%02x, but only 0x%02x was offered", ErrMalformed, b[1], method)
+		return Addr{}, fmt.Errorf("%w: server selected method 0x%02x, but only 0x%02x was offered", ErrMalformed, b[1], method)
 	}
 
 	if auth {
@@ -139,102 +160,77 @@ func handshake(conn net.Conn, req []byte, user, pass []byte, auth bool) error {
 		msg = append(msg, byte(len(pass)))
 		msg = append(msg, pass...)
 		if _, err := conn.Write(msg); err != nil {
-			return fmt.Errorf("send username/password: %w", err)
+			return Addr{}, fmt.Errorf("send username/password: %w", err)
 		}
 		if _, err := io.ReadFull(conn, b[:2]); err != nil {
-			return fmt.Errorf("read authentication reply: %w", err)
+			return Addr{}, fmt.Errorf("read authentication reply: %w", err)
 		}
 		if b[0] != userPassVersion {
-			return fmt.Errorf("%w: authentication reply has version 0x%02x, want 0x01", ErrMalformed, b[0])
+			return Addr{}, fmt.Errorf("%w: authentication reply has version 0x%02x, want 0x01", ErrMalformed, b[0])
 		}
 		// RFC 1929: "A STATUS field of X'00' indicates success."
 		if b[1] != userPassSuccess {
-			return fmt.Errorf("%w (status 0x%02x; a goptlib server says so when the arguments do not parse)", ErrAuthFailed, b[1])
+			return Addr{}, fmt.Errorf("%w (status 0x%02x; a goptlib server says so when the arguments do not parse)", ErrAuthFailed, b[1])
 		}
 	}
 
 	if _, err := conn.Write(req); err != nil {
-		return fmt.Errorf("send CONNECT request: %w", err)
+		return Addr{}, fmt.Errorf("send CONNECT request: %w", err)
 	}
 	return readReply(conn)
 }
 
 // readReply reads RFC 1928 section 6's VER | REP | RSV | ATYP | BND.ADDR |
-// BND.PORT, all of it and nothing more, and returns a *ReplyError for a
-// non-zero REP.
-func readReply(conn io.Reader) error {
+// BND.PORT, all of it and nothing more, and returns BND, or a *ReplyError
+// for a non-zero REP.
+func readReply(conn io.Reader) (Addr, error) {
 	var b [4]byte
 	if _, err := io.ReadFull(conn, b[:]); err != nil {
-		return fmt.Errorf("read CONNECT reply: %w", err)
+		return Addr{}, fmt.Errorf("read CONNECT reply: %w", err)
 	}
 	if b[0] != socksVersion {
-		return fmt.Errorf("%w: CONNECT reply has version 0x%02x, want 0x05", ErrMalformed, b[0])
+		return Addr{}, fmt.Errorf("%w: CONNECT reply has version 0x%02x, want 0x05", ErrMalformed, b[0])
 	}
 	if b[1] != RepSucceeded {
 		// The connection is of no further use: what follows REP does not
 		// matter.
-		return &ReplyError{Code: b[1]}
+		return Addr{}, &ReplyError{Code: b[1]}
 	}
 	if b[2] != 0 {
-		return fmt.Errorf("%w: CONNECT reply has reserved byte 0x%02x, want 0x00", ErrMalformed, b[2])
+		return Addr{}, fmt.Errorf("%w: CONNECT reply has reserved byte 0x%02x, want 0x00", ErrMalformed, b[2])
 	}
-	var n int
-	switch b[3] {
-	case atypIPv4:
-		n = net.IPv4len
-	case atypIPv6:
-		n = net.IPv6len
-	case atypDomain:
-		// "the first octet of the address field contains the number of
-		// octets of name that follow".
+	// BND.ADDR and BND.PORT, whatever their type, are read (CONNECT's are
+	// not used).
+	if b[3] == atypDomain {
+		// Any name will do, even an empty one: "the first octet of the
+		// address field contains the number of octets of name that follow".
 		if _, err := io.ReadFull(conn, b[:1]); err != nil {
-			return fmt.Errorf("read CONNECT reply: %w", err)
+			return Addr{}, fmt.Errorf("read CONNECT reply: %w", err)
 		}
-		n = int(b[0])
-	default:
-		return fmt.Errorf("%w: CONNECT reply has address type 0x%02x", ErrMalformed, b[3])
+		if _, err := io.ReadFull(conn, make([]byte, int(b[0])+2)); err != nil {
+			return Addr{}, fmt.Errorf("read CONNECT reply's bound address: %w", err)
+		}
+		return Addr{}, nil
 	}
-	bnd := make([]byte, n+2) // BND.ADDR, BND.PORT
-	if _, err := io.ReadFull(conn, bnd); err != nil {
-		return fmt.Errorf("read CONNECT reply's bound address: %w", err)
+	bnd, err := readAddrAfter(conn, b[3])
+	if err != nil {
+		if errors.Is(err, ErrAddressNotSupported) {
+			return Addr{}, fmt.Errorf("%w: CONNECT reply has address type 0x%02x", ErrMalformed, b[3])
+		}
+		return Addr{}, fmt.Errorf("read CONNECT reply's bound address: %w", err)
 	}
-	return nil
+	return bnd, nil
 }
 
 // encodeRequest builds the CONNECT request for target: VER | CMD | RSV |
 // ATYP | DST.ADDR | DST.PORT (RFC 1928 section 4).
 func encodeRequest(target string) ([]byte, error) {
-	host, portStr, err := net.SplitHostPort(target)
+	dst, err := ParseAddr(target)
 	if err != nil {
-		return nil, fmt.Errorf("%w %q: %w", ErrInvalidTarget, target, err)
+		return nil, err
 	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil || port == 0 {
+	if dst.Port == 0 {
 		return nil, fmt.Errorf("%w %q: port must be 1..65535", ErrInvalidTarget, target)
 	}
-	req := []byte{socksVersion, cmdConnect, 0}
-	if ip, perr := netip.ParseAddr(host); perr == nil {
-		switch {
-		case ip.Zone() != "":
-			return nil, fmt.Errorf("%w %q: SOCKS5 cannot carry an IPv6 zone", ErrInvalidTarget, target)
-		case ip.Is4():
-			a := ip.As4()
-			req = append(req, atypIPv4)
-			req = append(req, a[:]...)
-		default:
-			a := ip.As16()
-			req = append(req, atypIPv6)
-			req = append(req, a[:]...)
-		}
-	} else {
-		// "X'03' ... The first octet of the address field contains the
-		// number of octets of name that follow, there is no terminating
-		// NUL octet."
-		if len(host) < 1 || len(host) > 255 {
-			return nil, fmt.Errorf("%w %q: host name must be 1..255 bytes", ErrInvalidTarget, target)
-		}
-		req = append(req, atypDomain, byte(len(host)))
-		req = append(req, host...)
-	}
-	return append(req, byte(port>>8), byte(port)), nil
+	return AppendAddr([]byte{socksVersion, cmdConnect, 0}, dst)
 }

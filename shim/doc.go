@@ -5,7 +5,12 @@
 //     accepts (PROTOCOLS.md A20, A21);
 //   - a SOCKS5 server (ReadRequest, Grant, Reject) that reads tor's or an
 //     application's request in the caller's goroutine, under a deadline, and
-//     never inside Accept;
+//     never inside Accept; and one for a proxy to any destination
+//     (ReadProxyRequest, ReplyBound: CONNECT and UDP ASSOCIATE, optional
+//     RFC 1929 credentials), with its UDP datagram header
+//     (ParseUDPRequest, AppendUDPHeader) and the client's AssociateUDP;
+//   - RFC 1928's address encoding (Addr: ATYP | ADDR | PORT), which package
+//     free's wire format reuses;
 //   - one-use loopback listeners (ListenOnce), each accepting exactly one
 //     connection and closing itself on every path (DESIGN.md, "Client data
 //     path");

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
-	"strconv"
 	"time"
 
 	pt "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
@@ -53,120 +51,146 @@ type Request struct {
 //
 // The whole exchange is bounded by timeout (DefaultRequestTimeout when
 // timeout <= 0); conn's deadline is cleared before ReadRequest returns.
-func ReadRequest(conn net.Conn, timeout time.Duration) (req *Request, err error) {
+func ReadRequest(conn net.Conn, timeout time.Duration) (*Request, error) {
+	var req *Request
+	err := underDeadline(conn, timeout, func() (err error) {
+		req, err = readRequest(conn)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return req, nil
+}
+
+// underDeadline runs a server's side of a handshake, f, with conn's
+// deadline timeout ahead (DefaultRequestTimeout when timeout <= 0), and
+// clears the deadline after.
+func underDeadline(conn net.Conn, timeout time.Duration, f func() error) (err error) {
 	if timeout <= 0 {
 		timeout = DefaultRequestTimeout
 	}
 	if err := conn.SetDeadline(time.Now().Add(timeout)); err != nil {
-		return nil, fmt.Errorf("socks5 server: set deadline: %w", err)
+		return fmt.Errorf("socks5 server: set deadline: %w", err)
 	}
 	defer func() {
 		if cerr := conn.SetDeadline(time.Time{}); cerr != nil && err == nil {
-			req, err = nil, fmt.Errorf("socks5 server: clear deadline: %w", cerr)
+			err = fmt.Errorf("socks5 server: clear deadline: %w", cerr)
 		}
 	}()
-	req, err = readRequest(conn)
-	if err != nil {
-		return nil, fmt.Errorf("socks5 server: %w", err)
+	if err := f(); err != nil {
+		return fmt.Errorf("socks5 server: %w", err)
 	}
-	return req, nil
+	return nil
 }
 
 func readRequest(conn net.Conn) (*Request, error) {
-	var b [4]byte
-	// RFC 1928 section 3: VER | NMETHODS | METHODS.
-	if _, err := io.ReadFull(conn, b[:2]); err != nil {
-		return nil, fmt.Errorf("read method selection: %w", err)
+	// goptlib: "Pick Username/Password over None if the client happens to
+	// send both."
+	method, err := selectMethod(conn, true, true)
+	if err != nil {
+		return nil, err
+	}
+	req := &Request{Args: make(pt.Args)}
+	if method == methodUserPass {
+		err := readUserPass(conn, func(user, pass []byte) error {
+			req.Username = string(user)
+			// PROTOCOLS.md A20: tor sends PASSWD = "\x00" (PLEN=1) when its
+			// arguments fit the username; that means no password, as PLEN=0
+			// (curl's --proxy-user ARGS:) does.
+			if len(pass) == 1 && pass[0] == 0 {
+				pass = nil
+			}
+			req.Password = string(pass)
+			args, err := metadata.ParseClientArgs(req.Username + req.Password)
+			if err != nil {
+				return fmt.Errorf("bad PT arguments in username/password: %w", err)
+			}
+			req.Args = args
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	_, dst, err := readCommand(conn, func(cmd byte) bool { return cmd == cmdConnect })
+	if err != nil {
+		return nil, err
+	}
+	// String brackets an IPv6 address: "[addr]:port".
+	req.Target = dst.String()
+	return req, nil
+}
+
+// selectMethod reads RFC 1928 section 3's VER | NMETHODS | METHODS and
+// answers with the method chosen: "username/password" (0x02) when userPass
+// allows it and the client offers it, else "no authentication" (0x00) when
+// none allows it and the client offers it, else 0xFF ("NO ACCEPTABLE
+// METHODS"), which is an error.
+func selectMethod(conn net.Conn, userPass, none bool) (byte, error) {
+	var b [2]byte
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		return 0, fmt.Errorf("read method selection: %w", err)
 	}
 	if b[0] != socksVersion {
-		return nil, fmt.Errorf("%w: version 0x%02x, want 0x05", ErrMalformed, b[0])
+		return 0, fmt.Errorf("%w: version 0x%02x, want 0x05", ErrMalformed, b[0])
 	}
 	methods := make([]byte, b[1])
 	if _, err := io.ReadFull(conn, methods); err != nil {
-		return nil, fmt.Errorf("read %d methods: %w", len(methods), err)
+		return 0, fmt.Errorf("read %d methods: %w", len(methods), err)
 	}
 	method := byte(methodNoAcceptable)
 	for _, m := range methods {
 		switch {
-		case m == methodUserPass:
-			// goptlib: "Pick Username/Password over None if the client
-			// happens to send both."
+		case m == methodUserPass && userPass:
 			method = m
-		case m == methodNone && method == methodNoAcceptable:
+		case m == methodNone && none && method == methodNoAcceptable:
 			method = m
 		}
 	}
 	if _, err := conn.Write([]byte{socksVersion, method}); err != nil {
-		return nil, fmt.Errorf("send method selection reply: %w", err)
+		return 0, fmt.Errorf("send method selection reply: %w", err)
 	}
 	if method == methodNoAcceptable {
-		return nil, fmt.Errorf("%w: offered % x", ErrNoAcceptableMethods, methods)
+		return 0, fmt.Errorf("%w: offered % x", ErrNoAcceptableMethods, methods)
 	}
+	return method, nil
+}
 
-	req := &Request{Args: make(pt.Args)}
-	if method == methodUserPass {
-		if err := readUserPass(conn, req); err != nil {
-			return nil, err
-		}
-	}
-
-	// RFC 1928 section 4: VER | CMD | RSV | ATYP | DST.ADDR | DST.PORT.
-	if _, err := io.ReadFull(conn, b[:4]); err != nil {
-		return nil, fmt.Errorf("read request: %w", err)
+// readCommand reads RFC 1928 section 4's VER | CMD | RSV | ATYP | DST.ADDR
+// | DST.PORT. A command that served refuses gets REP 0x07 before its
+// address is read, an unknown address type REP 0x08, any other malformed
+// request REP 0x01.
+func readCommand(conn net.Conn, served func(cmd byte) bool) (byte, Addr, error) {
+	var b [4]byte
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		return 0, Addr{}, fmt.Errorf("read request: %w", err)
 	}
 	switch {
 	case b[0] != socksVersion:
-		return nil, rejectWith(conn, RepGeneralFailure, fmt.Errorf("%w: request version 0x%02x, want 0x05", ErrMalformed, b[0]))
-	case b[1] != cmdConnect:
-		return nil, rejectWith(conn, RepCommandNotSupported, fmt.Errorf("%w: command 0x%02x, only CONNECT (0x01) is served", ErrCommandNotSupported, b[1]))
+		return 0, Addr{}, rejectWith(conn, RepGeneralFailure, fmt.Errorf("%w: request version 0x%02x, want 0x05", ErrMalformed, b[0]))
+	case !served(b[1]):
+		return 0, Addr{}, rejectWith(conn, RepCommandNotSupported, fmt.Errorf("%w: command 0x%02x", ErrCommandNotSupported, b[1]))
 	case b[2] != 0:
-		return nil, rejectWith(conn, RepGeneralFailure, fmt.Errorf("%w: reserved byte 0x%02x, want 0x00", ErrMalformed, b[2]))
+		return 0, Addr{}, rejectWith(conn, RepGeneralFailure, fmt.Errorf("%w: reserved byte 0x%02x, want 0x00", ErrMalformed, b[2]))
 	}
-	var host string
-	switch b[3] {
-	case atypIPv4:
-		var a [4]byte
-		if _, err := io.ReadFull(conn, a[:]); err != nil {
-			return nil, fmt.Errorf("read IPv4 address: %w", err)
-		}
-		host = netip.AddrFrom4(a).String()
-	case atypIPv6:
-		var a [16]byte
-		if _, err := io.ReadFull(conn, a[:]); err != nil {
-			return nil, fmt.Errorf("read IPv6 address: %w", err)
-		}
-		host = netip.AddrFrom16(a).String()
-	case atypDomain:
-		if _, err := io.ReadFull(conn, b[:1]); err != nil {
-			return nil, fmt.Errorf("read domain name length: %w", err)
-		}
-		if b[0] == 0 {
-			return nil, rejectWith(conn, RepGeneralFailure, fmt.Errorf("%w: domain name of length 0", ErrMalformed))
-		}
-		name := make([]byte, b[0])
-		if _, err := io.ReadFull(conn, name); err != nil {
-			return nil, fmt.Errorf("read domain name: %w", err)
-		}
-		if !validHostName(name) {
-			return nil, rejectWith(conn, RepGeneralFailure, fmt.Errorf("%w: domain name %q is not a host name (letters, digits, '-', '.', '_')", ErrMalformed, name))
-		}
-		host = string(name)
-	default:
-		return nil, rejectWith(conn, RepAddressNotSupported, fmt.Errorf("%w: address type 0x%02x", ErrAddressNotSupported, b[3]))
+	dst, err := readAddrAfter(conn, b[3])
+	switch {
+	case errors.Is(err, ErrAddressNotSupported):
+		return 0, Addr{}, rejectWith(conn, RepAddressNotSupported, err)
+	case errors.Is(err, ErrMalformed):
+		return 0, Addr{}, rejectWith(conn, RepGeneralFailure, err)
+	case err != nil:
+		return 0, Addr{}, err
 	}
-	if _, err := io.ReadFull(conn, b[:2]); err != nil {
-		return nil, fmt.Errorf("read port: %w", err)
-	}
-	port := int(b[0])<<8 | int(b[1])
-	// JoinHostPort brackets an IPv6 address: "[addr]:port".
-	req.Target = net.JoinHostPort(host, strconv.Itoa(port))
-	return req, nil
+	return b[1], dst, nil
 }
 
-// readUserPass reads RFC 1929's VER | ULEN | UNAME | PLEN | PASSWD and
-// answers it. Any failure that is the client's fault is answered with status
-// 0x01 ("any other value of STATUS indicates failure").
-func readUserPass(conn net.Conn, req *Request) error {
+// readUserPass reads RFC 1929's VER | ULEN | UNAME | PLEN | PASSWD, asks
+// check about the credentials and answers: status 0x00 when check passes,
+// 0x01 when it does not or the message is malformed ("any other value of
+// STATUS indicates failure").
+func readUserPass(conn net.Conn, check func(user, pass []byte) error) error {
 	fail := func(err error) error {
 		// The reply is a courtesy: the caller closes conn anyway, and err
 		// says more than a failed write would.
@@ -194,18 +218,9 @@ func readUserPass(conn net.Conn, req *Request) error {
 	if _, err := io.ReadFull(conn, pass); err != nil {
 		return fmt.Errorf("read password: %w", err)
 	}
-	req.Username = string(user)
-	// PROTOCOLS.md A20: tor sends PASSWD = "\x00" (PLEN=1) when its
-	// arguments fit the username; that means no password, as PLEN=0 does.
-	if len(pass) == 1 && pass[0] == 0 {
-		pass = nil
+	if err := check(user, pass); err != nil {
+		return fail(err)
 	}
-	req.Password = string(pass)
-	args, err := metadata.ParseClientArgs(req.Username + req.Password)
-	if err != nil {
-		return fail(fmt.Errorf("bad PT arguments in username/password: %w", err))
-	}
-	req.Args = args
 	if _, err := conn.Write([]byte{userPassVersion, userPassSuccess}); err != nil {
 		return fmt.Errorf("send authentication reply: %w", err)
 	}

@@ -17,7 +17,7 @@ func TestServerInstancesUsage(t *testing.T) {
 	}{
 		{[]string{"--tor-extorport", "127.0.0.1:1"}, "want ADDR=COOKIEFILE"},
 		{[]string{"--tor-extorport", "nowhere=/tmp/cookie"}, "--tor-extorport \"nowhere=/tmp/cookie\": address nowhere: missing port"},
-		{[]string{"--tor-extorport", "127.0.0.1:1=/tmp/cookie", "--forward", "127.0.0.1:2"}, "--forward and --tor-extorport: choose one"},
+		{[]string{"--tor-extorport", "127.0.0.1:1=/tmp/cookie", "--forward", "127.0.0.1:2"}, "--forward, --free and --tor-extorport: choose one"},
 		{[]string{"--forward", "127.0.0.1:2", "--proxy-protocol", "10.0.0.0/33"}, `--proxy-protocol 10.0.0.0/33: "10.0.0.0/33" is neither a CIDR nor an IP address`},
 	} {
 		out, err := exec.Command(bin("ptcombiner-server"), append(base, tc.args...)...).CombinedOutput()

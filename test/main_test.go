@@ -14,6 +14,10 @@ import (
 // binDir holds the binaries built once for the whole package by TestMain.
 var binDir string
 
+// binEnv hands binDir to a run of this test binary that a test starts (in
+// a network namespace): that run uses the binaries instead of building them.
+const binEnv = "PTCOMBINER_TEST_BIN"
+
 // TestMain builds ptcombiner-client, ptcombiner-server, the test PT and the
 // meek server (test/meekserver) once, so that every test runs the real
 // programs a user would run.
@@ -22,6 +26,10 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
+	if dir := os.Getenv(binEnv); dir != "" {
+		binDir = dir
+		return m.Run()
+	}
 	dir, err := os.MkdirTemp("", "ptcombiner-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

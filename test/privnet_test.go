@@ -72,15 +72,10 @@ func startPrivNet(t *testing.T) *privNet {
 			v3ident = f[1]
 		}
 	}
-	empty := filepath.Join(t.TempDir(), "empty-torrc")
-	os.WriteFile(empty, nil, 0o600)
-	out, err := exec.Command("tor", "--list-fingerprint", "--DataDirectory", authDir,
-		"--ORPort", fmt.Sprint(authOR), "--defaults-torrc", empty, "-f", empty).Output()
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	fp := strings.Join(strings.Fields(lines[len(lines)-1])[1:], "")
-	if err != nil || v3ident == "" || len(fp) != 40 {
-		t.Fatalf("fingerprints: v3ident %q, relay %q, %v\n%s", v3ident, fp, err, out)
+	if v3ident == "" {
+		t.Fatalf("no v3ident in the authority's certificate:\n%s", cert)
 	}
+	fp := relayFingerprint(t, authDir, authOR)
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")
 	os.WriteFile(resolv, []byte("nameserver 127.0.0.1\n"), 0o600)
 	n.common = []string{"TestingTorNetwork 1", "PathsNeededToBuildCircuits 0.67",
@@ -101,6 +96,22 @@ func startPrivNet(t *testing.T) *privNet {
 		"ExitPolicy accept 127.0.0.0/8:*", fmt.Sprintf("ExitPolicy accept *:%d", n.web), "ExitPolicy reject *:*",
 		"RefuseUnknownExits 0"}, n.relay...)...)
 	return n
+}
+
+// relayFingerprint is the fingerprint of the relay whose keys are in dir
+// (tor makes them when there are none), from tor --list-fingerprint.
+func relayFingerprint(t *testing.T, dir string, orPort int) string {
+	t.Helper()
+	empty := filepath.Join(t.TempDir(), "empty-torrc")
+	os.WriteFile(empty, nil, 0o600)
+	out, err := exec.Command("tor", "--list-fingerprint", "--DataDirectory", dir,
+		"--ORPort", fmt.Sprint(orPort), "--defaults-torrc", empty, "-f", empty).Output()
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	fp := strings.Join(strings.Fields(lines[len(lines)-1])[1:], "")
+	if err != nil || len(fp) != 40 {
+		t.Fatalf("relay fingerprint %q: %v\n%s", fp, err, out)
+	}
+	return fp
 }
 
 // waitBridgeKnowsRelays waits until the bridge's cached consensus lists both

@@ -18,10 +18,18 @@ import (
 // prints before it settles (one per listener).
 func startStandalone(t *testing.T, n int, path string, args ...string) []string {
 	t.Helper()
+	lines, _, _ := launchStandalone(t, n, path, args...)
+	return lines
+}
+
+// launchStandalone is startStandalone that also gives the program's
+// stderr (its log), readable while it runs, and the program.
+func launchStandalone(t *testing.T, n int, path string, args ...string) ([]string, *syncBuffer, *exec.Cmd) {
+	t.Helper()
 	cmd := exec.Command(path, args...)
 	out, _ := cmd.StdoutPipe()
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +49,7 @@ func startStandalone(t *testing.T, n int, path string, args ...string) []string 
 		t.Fatalf("%s printed %q and stopped", path, lines)
 	}
 	go io.Copy(io.Discard, out)
-	return lines
+	return lines, stderr, cmd
 }
 
 // Without tor: ptcombiner-server forwards a chain to a plain TCP service,

@@ -89,18 +89,22 @@ func startTorIn(t testing.TB, name, dir string, lines ...string) *torInstance {
 	return ti
 }
 
-func (ti *torInstance) stop() {
+func (ti *torInstance) stop() { stopChild(ti.cmd, ti.done) }
+
+// stopChild ends a child the test started, whose Wait closes done: SIGTERM,
+// then SIGKILL after 10 s.
+func stopChild(cmd *exec.Cmd, done <-chan struct{}) {
 	select {
-	case <-ti.done:
+	case <-done:
 		return
 	default:
 	}
-	ti.cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-ti.done:
+	case <-done:
 	case <-time.After(10 * time.Second):
-		ti.cmd.Process.Kill()
-		<-ti.done
+		cmd.Process.Kill()
+		<-done
 	}
 }
 
@@ -163,14 +167,21 @@ func tail(s string, n int) string {
 // bridgeLine picks the Bridge line for transport from tor's bridgelines file.
 func bridgeLine(t testing.TB, content, transport string) string {
 	t.Helper()
+	line, ok := findBridgeLine(content, transport)
+	if !ok {
+		t.Fatalf("no Bridge line for %s in:\n%s", transport, content)
+	}
+	return line
+}
+
+func findBridgeLine(content, transport string) (string, bool) {
 	for _, line := range strings.Split(content, "\n") {
 		f := strings.Fields(line)
 		if len(f) >= 4 && f[0] == "Bridge" && f[1] == transport {
-			return line
+			return line, true
 		}
 	}
-	t.Fatalf("no Bridge line for %s in:\n%s", transport, content)
-	return ""
+	return "", false
 }
 
 // TestTorClientOneHop: a tor client whose ClientTransportPlugin is

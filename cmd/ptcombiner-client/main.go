@@ -25,6 +25,7 @@ import (
 	pt "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
 
 	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/free"
 	"github.com/ptcombiner/ptcombiner/internal/loopback"
 	"github.com/ptcombiner/ptcombiner/internal/runner"
 	"github.com/ptcombiner/ptcombiner/ptproc"
@@ -45,7 +46,10 @@ func main() {
 			&cli.IntFlag{Name: "max-conns", Value: 0, Usage: "cap on application connections open at once (0: none); further ones are closed at once"},
 			&cli.StringSliceFlag{Name: "listen", Category: "Standalone (without tor)", Usage: "a SOCKS5 listener for a chain: `ALIAS=ADDR`; the application gives the bridge and its arguments as tor does (repeatable)"},
 			&cli.StringSliceFlag{Name: "tunnel", Category: "Standalone (without tor)", Usage: "a plain TCP listener whose connections go through a chain to a bridge: `ADDR=ALIAS@BRIDGE` (repeatable)"},
-			&cli.StringSliceFlag{Name: "args", Category: "Standalone (without tor)", Usage: "a tunnel's per-hop arguments: `ALIAS=K=V;K=V`, e.g. obfs3_obfs4='1.cert=...;1.iat-mode=0'"},
+			&cli.StringSliceFlag{Name: "proxy", Category: "Standalone (without tor)", Usage: "a SOCKS5 proxy for any destination (CONNECT and UDP ASSOCIATE) whose streams all go through one chained connection to a bridge run with --free: `ADDR=ALIAS@BRIDGE` (repeatable; see docs/free.md)"},
+			&cli.StringFlag{Name: "proxy-auth", Category: "Standalone (without tor)", Usage: "require RFC 1929 username/password on every --proxy, from `FILE` (USER:PASSWORD lines)"},
+			&cli.DurationFlag{Name: "session-wait", Category: "Standalone (without tor)", Value: free.DefaultSessionWait, Usage: "bound on a --proxy stream's wait for a session to the bridge"},
+			&cli.StringSliceFlag{Name: "args", Category: "Standalone (without tor)", Usage: "a tunnel's or proxy's per-hop arguments: `ALIAS=K=V;K=V`, e.g. obfs3_obfs4='1.cert=...;1.iat-mode=0'"},
 			&cli.StringFlag{Name: "state-dir", Category: "Standalone (without tor)", Usage: "`DIR` for the PT programs' state (default: a temporary directory)"},
 		),
 		HideHelpCommand: true,
@@ -62,6 +66,9 @@ func run(c *cli.Context) error {
 	}
 	if !runner.Managed() {
 		return runStandalone(c)
+	}
+	if len(c.StringSlice("proxy")) > 0 {
+		return runner.Fail("", "ptcombiner-client: --proxy runs without tor only (see docs/free.md)")
 	}
 	log, closer, cfg, err := runner.ManagedSetup(c, chain.ClientRole, "ptcombiner-client")
 	if err != nil {
@@ -140,8 +147,9 @@ func run(c *cli.Context) error {
 
 // serveUntilEnd lets srv carry connections until the monitor says to end:
 // at once on exit; on a drain (the first SIGINT) once the open connections
-// have ended, or at exit. Then it ends every connection and child.
-func serveUntilEnd(monitor *runner.Monitor, log *slog.Logger, srv *chain.SOCKSServer, client *chain.Client) {
+// have ended, or at exit. Then it ends every connection, the sessions
+// (closing each of keepers) and every child.
+func serveUntilEnd(monitor *runner.Monitor, log *slog.Logger, srv *chain.SOCKSServer, client *chain.Client, keepers ...*free.Keeper) {
 	select {
 	case <-monitor.Exit():
 	case <-monitor.Drain():
@@ -152,5 +160,8 @@ func serveUntilEnd(monitor *runner.Monitor, log *slog.Logger, srv *chain.SOCKSSe
 	}
 	log.Info("exiting", "reason", monitor.Why())
 	srv.Close()
+	for _, k := range keepers {
+		k.Close()
+	}
 	client.Close() // ends every connection and child
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/free"
 	"github.com/ptcombiner/ptcombiner/internal/loopback"
 	"github.com/ptcombiner/ptcombiner/internal/runner"
 	"github.com/ptcombiner/ptcombiner/metadata"
@@ -24,8 +25,9 @@ type tunnel struct {
 	args                  metadata.Args
 }
 
-// runStandalone runs the client without tor: SOCKS5 listeners (--listen)
-// and plain TCP tunnels (--tunnel), until SIGTERM or SIGINT.
+// runStandalone runs the client without tor: SOCKS5 listeners (--listen),
+// plain TCP tunnels (--tunnel) and free SOCKS5 proxies (--proxy), until
+// SIGTERM or SIGINT.
 func runStandalone(c *cli.Context) error {
 	listens := map[string]string{}
 	var order []string
@@ -49,18 +51,22 @@ func runStandalone(c *cli.Context) error {
 		}
 		tunnelArgs[alias] = args
 	}
-	var tunnels []tunnel
-	for _, t := range c.StringSlice("tunnel") {
-		addr, rest, ok1 := strings.Cut(t, "=")
-		alias, bridge, ok2 := strings.Cut(rest, "@")
-		if !ok1 || !ok2 || addr == "" || alias == "" || bridge == "" {
-			return fmt.Errorf("--tunnel %q: want ADDR=ALIAS@BRIDGE, as in 127.0.0.1:2222=obfs3_obfs4@203.0.113.5:443", t)
-		}
-		tunnels = append(tunnels, tunnel{addr, alias, bridge, tunnelArgs[alias]})
-		order = append(order, alias)
+	tunnels, err := parseTunnels(c, "tunnel", tunnelArgs)
+	if err != nil {
+		return err
+	}
+	proxies, err := parseTunnels(c, "proxy", tunnelArgs)
+	if err != nil {
+		return err
+	}
+	for _, t := range append(tunnels, proxies...) {
+		order = append(order, t.alias)
 	}
 	if len(order) == 0 {
-		return errors.New("not run by tor (TOR_PT_MANAGED_TRANSPORT_VER is not set) and no --listen or --tunnel given: nothing to do (see docs/client.md)")
+		return errors.New("not run by tor (TOR_PT_MANAGED_TRANSPORT_VER is not set) and no --listen or --tunnel given, nor --proxy: nothing to do (see docs/client.md)")
+	}
+	if c.String("proxy-auth") != "" && len(proxies) == 0 {
+		return errors.New("--proxy-auth without --proxy")
 	}
 	log, closer, err := runner.Logger(c, false)
 	if err != nil {
@@ -128,8 +134,50 @@ func runStandalone(c *cli.Context) error {
 		serving.Go(func() { srv.ServeTunnel(ln, t.alias, t.bridge, t.args) })
 		fmt.Printf("TUNNEL %s %s -> %s\n", t.alias, ln.Addr(), t.bridge)
 	}
-	serveUntilEnd(monitor, log, srv, client)
+	var check func(user, pass []byte) bool
+	if path := c.String("proxy-auth"); path != "" {
+		if check, err = free.LoadCredentials(path, func(msg string) { log.Warn(msg) }); err != nil {
+			srv.Close()
+			return err
+		}
+	}
+	var keepers []*free.Keeper
+	for _, t := range proxies {
+		ln, err := listenTCP(t.listen)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("--proxy %s: %w", t.listen, err)
+		}
+		k := &free.Keeper{
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				return client.Dial(ctx, t.alias, t.bridge, t.args)
+			},
+			Label:       t.alias,
+			Logger:      log,
+			SessionWait: c.Duration("session-wait"),
+		}
+		keepers = append(keepers, k)
+		p := &free.Proxy{Keeper: k, Check: check, RequestTimeout: c.Duration("socks-timeout"), Logger: log}
+		serving.Go(func() { srv.ServeFunc(ln, p.Handle) })
+		fmt.Printf("PROXY %s %s -> %s\n", t.alias, ln.Addr(), t.bridge)
+	}
+	serveUntilEnd(monitor, log, srv, client, keepers...)
 	return nil
+}
+
+// parseTunnels reads the ADDR=ALIAS@BRIDGE values of flag (--tunnel,
+// --proxy), each with its alias's --args.
+func parseTunnels(c *cli.Context, flag string, args map[string]metadata.Args) ([]tunnel, error) {
+	var tunnels []tunnel
+	for _, t := range c.StringSlice(flag) {
+		addr, rest, ok1 := strings.Cut(t, "=")
+		alias, bridge, ok2 := strings.Cut(rest, "@")
+		if !ok1 || !ok2 || addr == "" || alias == "" || bridge == "" {
+			return nil, fmt.Errorf("--%s %q: want ADDR=ALIAS@BRIDGE, as in 127.0.0.1:2222=obfs3_obfs4@203.0.113.5:443", flag, t)
+		}
+		tunnels = append(tunnels, tunnel{addr, alias, bridge, args[alias]})
+	}
+	return tunnels, nil
 }
 
 func listenTCP(addr string) (*net.TCPListener, error) {

@@ -22,6 +22,7 @@ import (
 	pt "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
 
 	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/free"
 	"github.com/ptcombiner/ptcombiner/internal/runner"
 	"github.com/ptcombiner/ptcombiner/metadata"
 	"github.com/ptcombiner/ptcombiner/ptproc"
@@ -46,6 +47,10 @@ func main() {
 			&cli.StringSliceFlag{Name: "tor-extorport", Category: "Standalone (without tor)", Usage: "a tor instance's Extended ORPort and the cookie file it writes: `ADDR=COOKIEFILE`; repeated, one per tor instance of one bridge, client connections are spread over them (fewest open first; one that fails is skipped and retried with backoff)"},
 			&cli.StringSliceFlag{Name: "listen", Category: "Standalone (without tor)", Usage: "a chain's public listener: `ALIAS=ADDR` (repeatable)"},
 			&cli.StringFlag{Name: "forward", Category: "Standalone (without tor)", Usage: "the TCP service `HOST:PORT` that finished streams go to"},
+			&cli.BoolFlag{Name: "free", Category: "Standalone (without tor)", Usage: "instead of --forward: every chained connection carries a session of streams to any destination, from a client's --proxy (see docs/free.md)"},
+			&cli.StringSliceFlag{Name: "allow", Category: "Standalone (without tor)", Usage: "with --free, destinations to allow: `PREFIX[:PORTS]`, e.g. 127.0.0.0/8, 192.0.2.0/24:80,443, [2001:db8::/32]:443, :443 (repeatable); loopback, private, link-local and multicast are denied unless allowed"},
+			&cli.StringSliceFlag{Name: "deny", Category: "Standalone (without tor)", Usage: "with --free, destinations to deny: `PREFIX[:PORTS]` (repeatable); the narrowest matching rule decides"},
+			&cli.DurationFlag{Name: "udp-idle", Category: "Standalone (without tor)", Value: free.DefaultUDPIdle, Usage: "with --free, end a UDP association after this long without a datagram"},
 			&cli.StringFlag{Name: "state-dir", Category: "Standalone (without tor)", Usage: "`DIR` for the hops' state, in-process or in PT programs (obfs4's keys: keep it)"},
 		),
 		HideHelpCommand: true,
@@ -65,6 +70,9 @@ func run(c *cli.Context) error {
 	}
 	if len(c.StringSlice("tor-extorport")) > 0 {
 		return runner.Fail("ENV-ERROR", "ptcombiner-server: --tor-extorport is for a server run without tor (by systemd): run by tor, it uses tor's Extended ORPort")
+	}
+	if c.Bool("free") {
+		return runner.Fail("", "ptcombiner-server: --free runs without tor only (see docs/free.md)")
 	}
 	log, closer, cfg, err := runner.ManagedSetup(c, chain.ServerRole, "ptcombiner-server")
 	if err != nil {

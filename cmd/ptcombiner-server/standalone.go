@@ -11,13 +11,15 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/free"
 	"github.com/ptcombiner/ptcombiner/internal/runner"
 	"github.com/ptcombiner/ptcombiner/metadata"
 )
 
 // runStandalone runs the server without tor: each --listen chain's streams
-// go to the plain TCP service --forward, so that chains can protect more
-// than Tor. It prints, per chain, what a client needs.
+// go to the plain TCP service --forward, or, with --free, each carries a
+// session of streams to any destination the policy allows, so that chains
+// can protect more than Tor. It prints, per chain, what a client needs.
 func runStandalone(c *cli.Context) error {
 	var binds []chain.Bind
 	for _, l := range c.StringSlice("listen") {
@@ -36,13 +38,26 @@ func runStandalone(c *cli.Context) error {
 	}
 	forward := c.String("forward")
 	tors, err := torInstances(c.StringSlice("tor-extorport"))
-	switch {
-	case err != nil:
+	if err != nil {
 		return err
-	case forward != "" && len(tors) > 0:
-		return errors.New("--forward and --tor-extorport: choose one (where finished streams go)")
-	case forward == "" && len(tors) == 0:
-		return errors.New("--forward HOST:PORT is required without tor: where finished streams go (or --tor-extorport ADDR=COOKIEFILE, once per tor instance)")
+	}
+	destinations := 0
+	for _, set := range []bool{forward != "", c.Bool("free"), len(tors) > 0} {
+		if set {
+			destinations++
+		}
+	}
+	switch {
+	case destinations > 1:
+		return errors.New("--forward, --free and --tor-extorport: choose one (where finished streams go)")
+	case destinations == 0:
+		return errors.New("--forward HOST:PORT is required without tor: where finished streams go (or --free, see docs/free.md, or --tor-extorport ADDR=COOKIEFILE, once per tor instance)")
+	case !c.Bool("free") && (len(c.StringSlice("allow")) > 0 || len(c.StringSlice("deny")) > 0):
+		return errors.New("--allow and --deny need --free")
+	}
+	policy, err := free.ParseRules(c.StringSlice("allow"), c.StringSlice("deny"))
+	if err != nil {
+		return err
 	}
 	stateDir := c.String("state-dir")
 	if stateDir == "" {
@@ -62,7 +77,14 @@ func runStandalone(c *cli.Context) error {
 	}
 	monitor := runner.NewMonitor(context.Background(), false)
 	defer monitor.Stop()
+	var streams func(ctx context.Context, conn net.Conn, alias, client string)
+	if c.Bool("free") {
+		fs := &free.Server{Policy: policy, Logger: log, DialTimeout: c.Duration("dial-timeout"),
+			UDPIdle: c.Duration("udp-idle"), ShowNames: c.Bool("unsafe-logging")}
+		streams = func(ctx context.Context, conn net.Conn, alias, _ string) { fs.ServeConn(ctx, conn, alias) }
+	}
 	server := chain.NewServer(chain.ServerOptions{
+		Streams:            streams,
 		Config:             cfg,
 		StateDir:           stateDir,
 		Logger:             log,

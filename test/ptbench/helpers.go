@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ptcombiner/ptcombiner/extorport"
@@ -115,7 +116,13 @@ func startHelper(args ...string) (*helper, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, args...)
+	return startProgram(self, args...)
+}
+
+// startProgram runs path with args as a helper: stdin a pipe, stdout
+// read by expect, stderr ptbench's.
+func startProgram(path string, args ...string) (*helper, error) {
+	cmd := exec.Command(path, args...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -174,6 +181,19 @@ func (h *helper) pid() int { return h.cmd.Process.Pid }
 // out may still be reading it.
 func (h *helper) close() {
 	h.stdin.Close()
+	h.wait()
+}
+
+// terminate ends a program that does not watch its stdin (a combiner run
+// standalone): SIGTERM, then SIGKILL after 5 s.
+func (h *helper) terminate() {
+	h.cmd.Process.Signal(syscall.SIGTERM)
+	h.stdin.Close()
+	h.wait()
+}
+
+// wait waits 5 s for the helper to exit, then kills it.
+func (h *helper) wait() {
 	select {
 	case <-h.done:
 	case <-time.After(5 * time.Second):

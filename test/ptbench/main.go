@@ -7,13 +7,15 @@
 //	(c) the reference: the same PT programs, run the same way, wired by a
 //	    minimal hand-made relay (relay.go), the least any combiner must do;
 //	(d) raw loopback TCP;
+//	(f) each chain of (a) and (b) free (docs/free.md): every connection a
+//	    stream of one session over one chained connection (-free);
 //
 // single-stream throughput, aggregate throughput of 8 streams, setup latency
 // (p50, p90, p99) to the first byte back, CPU seconds per GiB per splice point of
 // the combiner (or relay) processes, and resident memory and descriptors per
 // idle chained connection. It prints a table and the ratios (a)/(c) and
-// (b)/(c) against the targets of docs/performance.md, then holds 10,000
-// chained connections at once.
+// (b)/(c) against the targets of docs/performance.md, and (f) against (a)
+// and (b), then holds 10,000 chained connections at once.
 //
 // Every connection ends at an echo sink run as a separate process (an
 // Extended ORPort for the combiners, as a bridge's tor is; plain TCP for
@@ -56,6 +58,7 @@ func main() {
 	holdOnly := flag.Bool("hold-only", false, "only hold the -hold connections: no table")
 	refList := flag.String("ref", "loop,splice", "reference relays: loop (c: read and write through a buffer), splice (c': io.Copy)")
 	refPublic := flag.Bool("ref-public", false, "give the reference relay a public listener in front of the outermost PT, as ptcombiner-server has (with -ref splice, io.Copy's pipes take 24 descriptors per idle 3-hop connection: lower -idle or use -ref loop)")
+	free := flag.Bool("free", true, "measure each chain free too (f): --proxy and --free, every connection a stream of one session (docs/free.md)")
 	verbose := flag.Bool("v", false, "show every process's log")
 	flag.DurationVar(&slowSetup, "slow", 0, "report every setup slower than this (to chase stalls)")
 	flag.Parse()
@@ -70,7 +73,7 @@ func main() {
 		}
 		hops = append(hops, n)
 	}
-	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle, holdOnly: *holdOnly}
+	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle, holdOnly: *holdOnly, free: *free}
 	refs := strings.Split(*refList, ",")
 	for _, r := range refs {
 		if r != "loop" && r != "splice" {
@@ -220,12 +223,21 @@ func run(binDir, otherDir string, hops []int, pts, refs []string, refPublic bool
 				}
 				group = append(group, t)
 			}
+			if p.free {
+				t, err := e.startFree(pt, n)
+				if err != nil {
+					closeGroup(group)
+					return err
+				}
+				group = append(group, t)
+			}
 			if err := measure(group); err != nil {
 				return err
 			}
 		}
 	}
 	ratios(rows)
+	freeRatios(rows)
 	errs := 0
 	for _, rw := range rows {
 		errs += rw.r.setupErrs + rw.r.idleErrs
@@ -335,6 +347,35 @@ func ratios(rows []row) {
 			fmt.Printf("%-22s the combiners spent %.2f of the chain's %.2f CPU s per GiB each way (%.1f%%)\n", "",
 				(a.cpuClient+a.cpuServer)/(a.gib/2), a.cpuAll/(a.gib/2), 100*(a.cpuClient+a.cpuServer)/a.cpuAll)
 		}
+	}
+}
+
+// freeRatios compares each free row with the combiners' bound row of the
+// same chain, against issue 14's targets.
+func freeRatios(rows []row) {
+	bound := map[string]*row{}
+	for i := range rows {
+		if rw := &rows[i]; (rw.t.kind == "a" || rw.t.kind == "b") && rw.t.build == "" {
+			bound[rw.t.chain()] = rw
+		}
+	}
+	header := false
+	for i := range rows {
+		f := &rows[i]
+		a := bound[f.t.chain()]
+		if f.t.kind != "f" || a == nil || a.r.p50 == 0 || a.r.single == 0 {
+			continue
+		}
+		if !header {
+			fmt.Printf("\nFree sessions (f) against bound chained connections (a, b) over the same chain. Targets: a new\n")
+			fmt.Printf("stream's setup <= 0.2x a chained connection's (p50), 1 stream >= 0.9x, the 8 streams within 20%%\n")
+			fmt.Printf("of each other (the shortest one's time over the longest's >= 0.8).\n")
+			fmt.Printf("%-22s %11s %9s %9s %13s %13s\n", "chain", "setup p50", "1 stream", "8 streams", "8 streams", "8 streams")
+			fmt.Printf("%-22s %11s %9s %9s %13s %13s\n", "", "x bound", "x bound", "x bound", "evenness (f)", "evenness bound")
+			header = true
+		}
+		fmt.Printf("(f) %-18s %11.2f %9.2f %9.2f %13.2f %13.2f\n", f.t.chain(), float64(f.r.p50)/float64(a.r.p50),
+			f.r.single/a.r.single, f.r.multi/a.r.multi, f.r.fair, a.r.fair)
 	}
 }
 

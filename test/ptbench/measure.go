@@ -28,11 +28,15 @@ type params struct {
 	idle    int
 	// holdOnly skips the table: only the held connections (-hold-only).
 	holdOnly bool
+	free     bool // measure each chain free too (-free)
 }
 
 // result is what one topology measured.
 type result struct {
 	single, multi float64 // MB/s each way
+	// fair is how evenly the 8 streams shared the chain: the shortest
+	// stream's time over the longest's, in the most uneven round.
+	fair          float64
 	p50, p90, p99 time.Duration
 	// CPU milliseconds per setup of the combiner (or relay) processes,
 	// client and server side: the setups are interleaved, so what each
@@ -212,15 +216,19 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 			r := rs[i]
 			progress(t, fmt.Sprintf("round %d of %d: 1 stream, then %d, %d MiB each way", round, rounds, p.streams, part>>20))
 			c0, s0, a0 := t.cpu()
-			d, err := streams(t, 1, part)
+			d, _, err := streams(t, 1, part)
 			if err != nil {
 				return nil, fmt.Errorf("%s: single stream: %w", t.name(), err)
 			}
 			single[i] += d
-			if d, err = streams(t, p.streams, part/int64(p.streams)); err != nil {
+			d, fair, err := streams(t, p.streams, part/int64(p.streams))
+			if err != nil {
 				return nil, fmt.Errorf("%s: %d streams: %w", t.name(), p.streams, err)
 			}
 			multi[i] += d
+			if round == 1 || fair < r.fair {
+				r.fair = fair
+			}
 			c1, s1, a1 := t.cpu()
 			r.cpuClient += c1 - c0
 			r.cpuServer += s1 - s0
@@ -299,8 +307,10 @@ func openMany(t *topology, n, workers int) ([]*net.TCPConn, *failures) {
 }
 
 // streams sends size bytes each way on each of n connections at once and
-// returns the time from the first byte to the last.
-func streams(t *topology, n int, size int64) (time.Duration, error) {
+// returns the time from the first byte to the last, and how evenly the
+// connections shared the way: the shortest connection's time over the
+// longest's (each carried as much; 1 for one connection).
+func streams(t *topology, n int, size int64) (time.Duration, float64, error) {
 	conns := make([]*net.TCPConn, n)
 	for i := range conns {
 		c, err := t.dialTimeout(30 * time.Second)
@@ -308,17 +318,19 @@ func streams(t *topology, n int, size int64) (time.Duration, error) {
 			for _, c := range conns[:i] {
 				c.Close()
 			}
-			return 0, err
+			return 0, 0, err
 		}
 		conns[i] = c
 	}
 	buf := make([]byte, 256<<10)
 	errc := make(chan error, 2*n)
+	took := make([]time.Duration, n) // each connection's, to its last byte back
 	start := time.Now()
-	for _, c := range conns {
+	for i, c := range conns {
 		go func() { errc <- sendN(c, buf, size) }()
 		go func() {
 			_, err := io.CopyN(io.Discard, c, size)
+			took[i] = time.Since(start)
 			errc <- err
 		}()
 	}
@@ -335,7 +347,7 @@ func streams(t *topology, n int, size int64) (time.Duration, error) {
 	for _, c := range conns {
 		c.Close()
 	}
-	return d, errors.Join(all...)
+	return d, float64(slices.Min(took)) / float64(slices.Max(took)), errors.Join(all...)
 }
 
 // sendN writes size bytes from buf, over and over.

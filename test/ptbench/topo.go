@@ -17,7 +17,7 @@ import (
 // echo sink: raw TCP, a chain through the combiners, or the same chain
 // through the reference relay.
 type topology struct {
-	kind   string // "a", "b", "c" (the reference), "c'" (the reference with splice) or "d"
+	kind   string // "a", "b", "c" (the reference), "c'" (the reference with splice), "d" or "f" (free)
 	pt     string // "test" or "obfs4"; "" for raw TCP
 	hops   int
 	build  string // for the combiners: "" (-bin) or "other" (-other)
@@ -47,6 +47,8 @@ func (t *topology) name() string {
 		return fmt.Sprintf("(c) relay, loop, %s", t.chain())
 	case "c'":
 		return fmt.Sprintf("(c') relay, splice, %s", t.chain())
+	case "f":
+		return fmt.Sprintf("(f) free session, %s", t.chain())
 	default:
 		if t.build != "" {
 			return fmt.Sprintf("(%s) combiners (%s build), %s", t.kind, t.build, t.chain())

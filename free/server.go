@@ -1,0 +1,256 @@
+package free
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/xtaci/smux"
+
+	"github.com/ptcombiner/ptcombiner/internal/loopback"
+	"github.com/ptcombiner/ptcombiner/shim"
+)
+
+// Defaults for Server's zero fields.
+const (
+	DefaultDialTimeout   = 10 * time.Second
+	DefaultHeaderTimeout = 10 * time.Second
+	// DefaultUDPIdle is RFC 4787's floor for a NAT's UDP mapping timeout
+	// (REQ-5: "MUST NOT expire in less than two minutes").
+	DefaultUDPIdle    = 2 * time.Minute
+	DefaultMaxStreams = 1024
+)
+
+// Server is the free end on the bridge: each connection ServeConn is given
+// (a chained connection, finished by the bridge's hops) carries one smux
+// session, and each stream of it one destination, dialled under Policy.
+// Its fields are read when it first serves; do not change them after.
+type Server struct {
+	Policy *Policy       // nil: the built-in denials only
+	Logger *slog.Logger  // nil: slog.Default()
+	Resolv *net.Resolver // resolves destination names; nil: net.DefaultResolver
+	// DialTimeout bounds resolving and dialling one destination.
+	DialTimeout time.Duration
+	// HeaderTimeout bounds reading a stream's header.
+	HeaderTimeout time.Duration
+	// UDPIdle ends a UDP association that carried no datagram either way
+	// for this long.
+	UDPIdle time.Duration
+	// MaxStreams caps the streams open at once in one session; further
+	// ones are refused (REP 0x01).
+	MaxStreams int
+	// ShowNames logs destination names; by default they are scrubbed, as
+	// the runner scrubs IP addresses.
+	ShowNames bool
+
+	once     sync.Once
+	sessions atomic.Int64 // open now
+	streams  atomic.Int64 // open now, every session
+}
+
+func (s *Server) init() {
+	s.once.Do(func() {
+		if s.Logger == nil {
+			s.Logger = slog.Default()
+		}
+		if s.Resolv == nil {
+			s.Resolv = net.DefaultResolver
+		}
+		if s.DialTimeout <= 0 {
+			s.DialTimeout = DefaultDialTimeout
+		}
+		if s.HeaderTimeout <= 0 {
+			s.HeaderTimeout = DefaultHeaderTimeout
+		}
+		if s.UDPIdle <= 0 {
+			s.UDPIdle = DefaultUDPIdle
+		}
+		if s.MaxStreams <= 0 {
+			s.MaxStreams = DefaultMaxStreams
+		}
+	})
+}
+
+// Open returns the sessions and streams open now.
+func (s *Server) Open() (sessions, streams int) {
+	return int(s.sessions.Load()), int(s.streams.Load())
+}
+
+// ServeConn serves the session on conn until it ends or ctx does, then
+// closes conn and waits for its streams. label names conn in the log (a
+// chain's alias).
+func (s *Server) ServeConn(ctx context.Context, conn net.Conn, label string) {
+	s.init()
+	log := s.Logger.With("chain", label)
+	wc := watch(conn)
+	mux, err := smux.Server(wc, muxConfig())
+	if err != nil { // only a bad configuration fails
+		log.Error("free session", "err", err)
+		conn.Close()
+		return
+	}
+	s.sessions.Add(1)
+	defer s.sessions.Add(-1)
+	// The session's end ends its streams' destinations too: smux ends a
+	// stream with io.EOF when the connection ends, which alone would only
+	// half-close the destination.
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(ctx, func() { mux.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	defer mux.Close()
+	go func() {
+		select {
+		case <-wc.broken:
+			mux.Close()
+		case <-mux.CloseChan():
+		}
+	}()
+	log.Info("free session opened")
+	var open atomic.Int64
+	total := 0
+	for {
+		st, err := mux.AcceptStream()
+		if err != nil {
+			log.Info("free session ended", "streams", total, "err", err)
+			return
+		}
+		total++
+		if open.Add(1) > int64(s.MaxStreams) {
+			open.Add(-1)
+			log.Warn("too many streams open in one session: refusing one", "max_streams", s.MaxStreams)
+			writeReply(st, shim.RepGeneralFailure)
+			st.Close()
+			continue
+		}
+		s.streams.Add(1)
+		wg.Go(func() {
+			defer s.streams.Add(-1)
+			defer open.Add(-1)
+			s.stream(ctx, st, log)
+		})
+	}
+}
+
+// stream serves one stream: its header, then its destination.
+func (s *Server) stream(ctx context.Context, st *smux.Stream, log *slog.Logger) {
+	defer st.Close()
+	st.SetReadDeadline(time.Now().Add(s.HeaderTimeout))
+	h, err := ReadHeader(st)
+	if err != nil {
+		// Only this stream ends: the session and the other streams go on.
+		log.Warn("malformed stream header: closing the stream", "err", err)
+		switch {
+		case errors.Is(err, ErrCommand):
+			writeReply(st, shim.RepCommandNotSupported)
+		case errors.Is(err, shim.ErrAddressNotSupported):
+			writeReply(st, shim.RepAddressNotSupported)
+		}
+		return
+	}
+	st.SetReadDeadline(time.Time{})
+	switch h.Command {
+	case Connect:
+		s.connect(ctx, st, h.Dest, log)
+	case UDP:
+		s.udp(ctx, st, log)
+	}
+}
+
+// show is how the log names a destination.
+func (s *Server) show(a shim.Addr) string {
+	if a.Name != "" && !s.ShowNames {
+		return fmt.Sprintf("[name scrubbed]:%d", a.Port)
+	}
+	return a.String()
+}
+
+// refusal is why a destination is not dialled, with the reply it gets.
+type refusal struct {
+	rep byte
+	err error
+}
+
+func (r *refusal) Error() string { return r.err.Error() }
+
+// allowed resolves dest on the server (a name) and returns its addresses
+// that the policy allows, in the resolver's order, or a refusal: REP 0x02
+// when the policy denies every one, 0x04 when a name does not resolve. The
+// addresses checked are the ones dialled, so a name cannot reach a denied
+// address by resolving differently later.
+func (s *Server) allowed(ctx context.Context, dest shim.Addr) ([]netip.Addr, *refusal) {
+	ips := []netip.Addr{dest.IP}
+	if dest.Name != "" {
+		var err error
+		if ips, err = s.Resolv.LookupNetIP(ctx, "ip", dest.Name); err != nil || len(ips) == 0 {
+			return nil, &refusal{shim.RepHostUnreachable, fmt.Errorf("resolve: %w", err)}
+		}
+	}
+	var ok []netip.Addr
+	var denied Decision
+	for _, ip := range ips {
+		d := s.Policy.Check(ip, dest.Port)
+		if d.Allowed {
+			ok = append(ok, ip.Unmap())
+		} else if denied.Rule == "" {
+			denied = d
+		}
+	}
+	if len(ok) == 0 {
+		return nil, &refusal{shim.RepNotAllowed, fmt.Errorf("refused by %s", denied.Rule)}
+	}
+	return ok, nil
+}
+
+// connect dials dest and joins the stream to it.
+func (s *Server) connect(ctx context.Context, st *smux.Stream, dest shim.Addr, log *slog.Logger) {
+	dctx, cancel := context.WithTimeout(ctx, s.DialTimeout)
+	out, ref := s.dial(dctx, dest)
+	cancel()
+	if ref != nil {
+		if ref.rep == shim.RepNotAllowed {
+			log.Warn("destination refused by policy", "dest", s.show(dest), "why", ref.err)
+		} else {
+			log.Info("cannot reach destination", "dest", s.show(dest), "socks_reply", ref.rep, "err", ref.err)
+		}
+		writeReply(st, ref.rep)
+		return
+	}
+	if err := writeReply(st, shim.RepSucceeded); err != nil {
+		out.Close()
+		return
+	}
+	if _, _, err := shim.Pipe(ctx, st, out); err != nil {
+		log.Debug("stream ended", "dest", s.show(dest), "err", err)
+	}
+}
+
+// dial connects to the first of dest's allowed addresses that answers.
+func (s *Server) dial(ctx context.Context, dest shim.Addr) (net.Conn, *refusal) {
+	ips, ref := s.allowed(ctx, dest)
+	if ref != nil {
+		return nil, ref
+	}
+	var errs []error
+	for _, ip := range ips {
+		addr := netip.AddrPortFrom(ip, dest.Port).String()
+		conn, err := loopback.Dialer(addr).DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return conn, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	err := errors.Join(errs...)
+	return nil, &refusal{shim.ReplyCodeFor(err), err}
+}
