@@ -78,6 +78,11 @@ func runStandalone(c *cli.Context) error {
 		}
 		defer os.RemoveAll(stateDir)
 	}
+	m, err := runner.StartMetrics(c, log, "client", false)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
 	monitor := runner.NewMonitor(context.Background(), false)
 	defer monitor.Stop()
 	client := chain.NewClient(chain.ClientOptions{
@@ -86,6 +91,7 @@ func runStandalone(c *cli.Context) error {
 		Logger:       log,
 		SetupTimeout: c.Duration("setup-timeout"),
 		StartTimeout: c.Duration("start-timeout"),
+		Observer:     m.Observer(),
 	})
 	defer client.Close()
 	var errs []error
@@ -128,6 +134,7 @@ func runStandalone(c *cli.Context) error {
 		serving.Go(func() { srv.ServeTunnel(ln, t.alias, t.bridge, t.args) })
 		fmt.Printf("TUNNEL %s %s -> %s\n", t.alias, ln.Addr(), t.bridge)
 	}
+	m.Serving(order)
 	serveUntilEnd(monitor, log, srv, client)
 	return nil
 }
