@@ -167,6 +167,16 @@ func observeDial(o Observer, name string, conn *Conn, err error) {
 	o.ConnClosed(name)
 }
 
+// observeEnd reports a client connection's end and its bytes, once.
+func (c *Conn) observeEnd() {
+	if o := c.client.opt.Observer; o != nil {
+		c.report.Do(func() {
+			o.ConnBytes(c.alias, c.written.Load(), c.read.Load())
+			o.ConnClosed(c.alias)
+		})
+	}
+}
+
 // clientChildName names a client's child in metrics: its program and its
 // plugin line (0 first), "-proxied" for the instance that carries tor's
 // upstream proxy.
@@ -197,8 +207,9 @@ type connWatch struct {
 
 // watchConn reports a new client connection of c's chain and returns what
 // reports its end: a connection closed before it was established or had
-// failed failed at the hop its stream was last in, closed under it (a
-// hop's program that died, a client that went away).
+// failed failed, closed under it (by a client that went away, a hop's
+// program that died), at the outermost hop it had passed whose program
+// is not running now, or else at the hop its stream was last in.
 func (s *Server) watchConn(c *serverConn) (end func()) {
 	o := s.opt.Observer
 	if o == nil {
@@ -208,7 +219,14 @@ func (s *Server) watchConn(c *serverConn) (end func()) {
 	c.watch.at.Store(int32(len(c.chain.hops) - 1))
 	o.ConnOpened(c.chain.alias)
 	return func() {
-		s.failed(c, int(c.watch.at.Load()), ReasonClosed)
+		at := int(c.watch.at.Load())
+		for pos := len(c.chain.hops) - 1; pos > at; pos-- {
+			if ch := c.chain.hops[pos].child; ch != nil && ch.sup != nil && ch.sup.Pid() == 0 {
+				at = pos
+				break
+			}
+		}
+		s.failed(c, at, ReasonClosed)
 		o.ConnClosed(c.chain.alias)
 	}
 }

@@ -167,6 +167,8 @@ type Conn struct {
 	read    atomic.Int64
 	written atomic.Int64
 	once    sync.Once
+	piped   atomic.Bool // pipeTo reports it to the Observer, once its counts are in
+	report  sync.Once   // to the Observer
 }
 
 var _ transport.Conn = (*Conn)(nil)
@@ -187,13 +189,10 @@ func (c *Conn) Write(b []byte) (int, error) {
 // drain for at most the Client's Linger before they are closed.
 func (c *Conn) Close() error {
 	err := c.inner.Close()
-	c.once.Do(func() {
-		c.client.untrack(c)
-		if o := c.client.opt.Observer; o != nil {
-			o.ConnBytes(c.alias, c.written.Load(), c.read.Load())
-			o.ConnClosed(c.alias)
-		}
-	})
+	c.once.Do(func() { c.client.untrack(c) })
+	if !c.piped.Load() {
+		c.observeEnd()
+	}
 	return err
 }
 

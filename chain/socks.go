@@ -241,10 +241,12 @@ func (s *SOCKSServer) Close() error {
 // (pipe), counting what passes: bytes spliced past Read and Write are
 // added when the pipe ends.
 func (c *Conn) pipeTo(ctx context.Context, app net.Conn) error {
+	c.piped.Store(true)
 	toChain, fromChain, err := pipe(ctx, app, c)
 	if tcpOf(app) != nil && c.tcp() != nil {
 		c.written.Add(toChain)
 		c.read.Add(fromChain)
 	}
+	c.observeEnd()
 	return err
 }
