@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -444,4 +445,46 @@ func oneStream(conn *net.TCPConn, keys []byte, payload []byte) error {
 		return fmt.Errorf("echo differs")
 	}
 	return nil
+}
+
+// Under tor, a --metrics address that cannot be read, or a host name
+// beyond loopback, is an ENV-ERROR before VERSION (PROTOCOLS.md A10),
+// for both programs.
+func TestMetricsAddressRefused(t *testing.T) {
+	for _, prog := range []string{"ptcombiner-client", "ptcombiner-server"} {
+		for _, tc := range []struct{ addr, reason string }{
+			{"localhost", "--metrics \"localhost\": want PORT"},
+			{"127.0.0.1:http", "bad port"},
+			{"nonesuch.invalid:9100", "nonesuch.invalid"},
+		} {
+			t.Run(prog+" "+tc.addr, func(t *testing.T) {
+				stdout, _ := runManagedFailure(t, prog, []string{"--metrics", tc.addr})
+				if !strings.HasPrefix(stdout, "ENV-ERROR ") || strings.Count(stdout, "\n") != 1 || !strings.Contains(stdout, tc.reason) {
+					t.Errorf("stdout = %q, want one ENV-ERROR line with %q", stdout, tc.reason)
+				}
+			})
+		}
+	}
+}
+
+// Under tor, a --metrics port already taken is logged, and the chains are
+// served without metrics; without tor it is an error.
+func TestMetricsPortTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	taken := ln.Addr().String()
+	c := startCombiner(t, []string{"t2"}, append(testpFlags(), "--metrics", taken)...)
+	if _, ok := c.methods["t2"]; !ok {
+		t.Fatalf("no CMETHOD t2: %v", c.errs)
+	}
+	if _, err := c.logs.waitFor(eventCeiling, "cannot serve metrics", "address already in use"); err != nil {
+		t.Error(err)
+	}
+	out, err := exec.Command(bin("ptcombiner-client"), append(testpFlags(), "--listen", "t2=127.0.0.1:0", "--metrics", taken)...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "address already in use") {
+		t.Errorf("standalone with a taken --metrics port: %v, %s", err, out)
+	}
 }
