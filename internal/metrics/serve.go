@@ -62,7 +62,10 @@ func Serve(addr string, r *Registry) (*Server, error) {
 		return nil, fmt.Errorf("--metrics: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(r.Gatherer(), promhttp.HandlerOpts{}))
+	// ContinueOnError: a collector that cannot read (the process
+	// collector's /proc files, under a profile that denies them) leaves
+	// its series out rather than failing the scrape.
+	mux.Handle("/metrics", promhttp.HandlerFor(r.Gatherer(), promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
 		if req.URL.Path != "/" {
 			http.NotFound(w, req)
