@@ -297,25 +297,8 @@ func TestMetricsClientLoad(t *testing.T) {
 	if established != float64(total-res.refused.Load()) {
 		t.Errorf("setups observed: %v, want %d", established, total-res.refused.Load())
 	}
-	for _, dir := range []string{"upstream", "downstream"} {
-		got := int64(after.value("ptcombiner_payload_bytes_total", "chain", "t2", "direction", dir) -
-			before.value("ptcombiner_payload_bytes_total", "chain", "t2", "direction", dir))
-		if got < res.okBytes.Load() || got > res.okBytes.Load()+res.maxBroken.Load() {
-			t.Errorf("%s bytes %d, the test carried %d (and up to %d more on broken connections)", dir, got, res.okBytes.Load(), res.maxBroken.Load())
-		}
-	}
-	for _, m := range []struct {
-		name, child string
-		want        float64
-	}{
-		{"ptcombiner_child_starts_total", "testpt-outer#1", 2}, {"ptcombiner_child_restarts_total", "testpt-outer#1", 1},
-		{"ptcombiner_child_exits_total", "testpt-outer#1", 1},
-		{"ptcombiner_child_starts_total", "testpt#0", 1}, {"ptcombiner_child_restarts_total", "testpt#0", 0},
-	} {
-		if got := after.value(m.name, "child", m.child); got != m.want {
-			t.Errorf("%s{child=%q} = %v, want %v", m.name, m.child, got, m.want)
-		}
-	}
+	checkPayload(t, before, after, res)
+	checkRestartedOnce(t, after, "testpt-outer#1", "testpt#0")
 	checkStatusLine(t, status, "t2", fmt.Sprintf("CONNECTIONS=%d OPEN=0 FAILED=%d", total+1, sum), "FAILED_HOP_1=")
 }
 
@@ -409,24 +392,42 @@ func TestMetricsServerLoad(t *testing.T) {
 			t.Errorf("%v Extended ORPort exchanges with the children %s", got, o)
 		}
 	}
+	checkPayload(t, scrape{}, after, res)
+	checkRestartedOnce(t, after, "testpt#1", "testpt#0")
+	checkStatusLine(t, status, "t2", fmt.Sprintf("CONNECTIONS=%d OPEN=0 FAILED=%d", total, sum), "FAILED_HOP_1=")
+}
+
+// checkPayload checks the payload bytes counted between two scrapes of
+// chain t2 against what res carried: the ok connections' exactly, and at
+// most all of the broken ones' besides.
+func checkPayload(t *testing.T, before, after scrape, res *loadResult) {
+	t.Helper()
 	for _, dir := range []string{"upstream", "downstream"} {
-		got := int64(after.value("ptcombiner_payload_bytes_total", "chain", "t2", "direction", dir))
+		got := int64(after.value("ptcombiner_payload_bytes_total", "chain", "t2", "direction", dir) -
+			before.value("ptcombiner_payload_bytes_total", "chain", "t2", "direction", dir))
 		if got < res.okBytes.Load() || got > res.okBytes.Load()+res.maxBroken.Load() {
 			t.Errorf("%s bytes %d, the test carried %d (and up to %d more on broken connections)", dir, got, res.okBytes.Load(), res.maxBroken.Load())
 		}
 	}
+}
+
+// checkRestartedOnce checks that the child killed started twice, exited
+// and was restarted once, and that the other started once, for good.
+func checkRestartedOnce(t *testing.T, s scrape, killed, other string) {
+	t.Helper()
 	for _, m := range []struct {
 		name, child string
 		want        float64
 	}{
-		{"ptcombiner_child_starts_total", "testpt#1", 2}, {"ptcombiner_child_restarts_total", "testpt#1", 1},
-		{"ptcombiner_child_exits_total", "testpt#1", 1}, {"ptcombiner_child_restarts_total", "testpt#0", 0},
+		{"ptcombiner_child_starts_total", killed, 2}, {"ptcombiner_child_restarts_total", killed, 1},
+		{"ptcombiner_child_exits_total", killed, 1},
+		{"ptcombiner_child_starts_total", other, 1}, {"ptcombiner_child_restarts_total", other, 0},
+		{"ptcombiner_child_exits_total", other, 0},
 	} {
-		if got := after.value(m.name, "child", m.child); got != m.want {
+		if got := s.value(m.name, "child", m.child); got != m.want {
 			t.Errorf("%s{child=%q} = %v, want %v", m.name, m.child, got, m.want)
 		}
 	}
-	checkStatusLine(t, status, "t2", fmt.Sprintf("CONNECTIONS=%d OPEN=0 FAILED=%d", total, sum), "FAILED_HOP_1=")
 }
 
 // oneStream carries payload through the test PT chain of keys over conn

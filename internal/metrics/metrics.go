@@ -43,25 +43,23 @@ var (
 	descBytes = prometheus.NewDesc("ptcombiner_payload_bytes_total",
 		"Application bytes carried by chained connections that have ended, upstream (towards the bridge and tor) or downstream.",
 		[]string{"chain", "direction"}, nil)
-	descStarts = prometheus.NewDesc("ptcombiner_child_starts_total",
-		"Starts of a PT program's instance, restarts included.",
-		[]string{"program", "child"}, nil)
-	descRestarts = prometheus.NewDesc("ptcombiner_child_restarts_total",
-		"Restarts of a PT program's instance after it exited.",
-		[]string{"program", "child"}, nil)
-	descExits = prometheus.NewDesc("ptcombiner_child_exits_total",
-		"Exits of a PT program's instance that nobody asked for; a restart follows each.",
-		[]string{"program", "child"}, nil)
-	descRestartFailures = prometheus.NewDesc("ptcombiner_child_restart_failures_total",
-		"Restarts of a PT program's instance that failed; another follows, with backoff.",
-		[]string{"program", "child"}, nil)
-	descExtOR = prometheus.NewDesc("ptcombiner_extorport_handshakes_total",
+	descStarts          = childDesc("ptcombiner_child_starts_total", "Starts of a PT program's instance, restarts included.")
+	descRestarts        = childDesc("ptcombiner_child_restarts_total", "Restarts of a PT program's instance after it exited.")
+	descExits           = childDesc("ptcombiner_child_exits_total", "Exits of a PT program's instance that nobody asked for; a restart follows each.")
+	descRestartFailures = childDesc("ptcombiner_child_restart_failures_total", "Restarts of a PT program's instance that failed; another follows, with backoff.")
+	descExtOR           = prometheus.NewDesc("ptcombiner_extorport_handshakes_total",
 		"Extended ORPort exchanges, with the server's children (on the Extended ORPort it serves each) or with tor, by outcome.",
 		[]string{"peer", "outcome"}, nil)
 	descBuild = prometheus.NewDesc("ptcombiner_build_info",
 		"Always 1: the program's role and version.",
 		[]string{"role", "version"}, nil)
 )
+
+// childDesc describes a counter of a PT program's instance: program is its
+// file name, child the instance as the log names it (obfs4proxy#1).
+func childDesc(name, help string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, []string{"program", "child"}, nil)
+}
 
 // extORSeries are the Extended ORPort series shown, zeros included, on the
 // server: every outcome with the children, ok and failed with tor.
