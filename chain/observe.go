@@ -208,8 +208,7 @@ type connWatch struct {
 // watchConn reports a new client connection of c's chain and returns what
 // reports its end: a connection closed before it was established or had
 // failed failed, closed under it (by a client that went away, a hop's
-// program that died), at the outermost hop it had passed whose program
-// is not running now, or else at the hop its stream was last in.
+// program that died), at the hop blame names.
 func (s *Server) watchConn(c *serverConn) (end func()) {
 	o := s.opt.Observer
 	if o == nil {
@@ -219,16 +218,33 @@ func (s *Server) watchConn(c *serverConn) (end func()) {
 	c.watch.at.Store(int32(len(c.chain.hops) - 1))
 	o.ConnOpened(c.chain.alias)
 	return func() {
-		at := int(c.watch.at.Load())
-		for pos := len(c.chain.hops) - 1; pos > at; pos-- {
-			if ch := c.chain.hops[pos].child; ch != nil && ch.sup != nil && ch.sup.Pid() == 0 {
-				at = pos
-				break
-			}
+		if !c.watch.settled.Load() {
+			s.failed(c, s.blame(c), ReasonClosed)
 		}
-		s.failed(c, at, ReasonClosed)
 		o.ConnClosed(c.chain.alias)
 	}
+}
+
+// blame is the hop to blame for c, closed during its setup: the outermost
+// hop outside the one its stream was in whose program is down, or else
+// that one. A child's death closes its sockets before its parent sees it
+// exit, so it waits up to failureGrace for that.
+func (s *Server) blame(c *serverConn) int {
+	at := int(c.watch.at.Load())
+	outermost := len(c.chain.hops) - 1
+	deadline := time.Now().Add(failureGrace)
+	for at < outermost {
+		for pos := outermost; pos > at; pos-- {
+			if ch := c.chain.hops[pos].child; ch != nil && ch.sup != nil && ch.sup.Pid() == 0 {
+				return pos
+			}
+		}
+		if time.Now().After(deadline) || s.ctx.Err() != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return at
 }
 
 // capped reports a connection of chain alias refused by MaxConns.

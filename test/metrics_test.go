@@ -285,7 +285,7 @@ func TestMetricsClientLoad(t *testing.T) {
 	sum := 0
 	for k, n := range fails {
 		sum += n
-		if hop, reason, _ := strings.Cut(k, "/"); hop != "1" && hop != "0" || reason != "down" && reason != "refused" && reason != "closed" {
+		if hop, reason, _ := strings.Cut(k, "/"); hop != "1" || reason != "down" && reason != "refused" && reason != "closed" {
 			t.Errorf("%d failures at hop %s for %s: not what a killed child of hop 1 causes", n, hop, reason)
 		}
 	}
@@ -368,8 +368,11 @@ func TestMetricsServerLoad(t *testing.T) {
 	}
 	fails := after.failures("t2")
 	sum := 0
-	for _, n := range fails {
+	for k, n := range fails {
 		sum += n
+		if hop, reason, _ := strings.Cut(k, "/"); hop != "1" || reason != "down" && reason != "refused" && reason != "closed" {
+			t.Errorf("%d failures at hop %s for %s: not what a killed child of hop 1 causes", n, hop, reason)
+		}
 	}
 	established := int(after.value("ptcombiner_connection_setup_seconds", "chain", "t2"))
 	if established+sum != total || established < int(res.ok.Load()) || established > int(ft.streams.Load()) {
