@@ -136,6 +136,15 @@ func reasonOf(err error) FailReason {
 	return ReasonOther
 }
 
+// handshakeReason classifies the error of an in-process hop's handshake:
+// ReasonHandshake unless it says more.
+func handshakeReason(err error) FailReason {
+	if r := reasonOf(err); r != ReasonOther {
+		return r
+	}
+	return ReasonHandshake
+}
+
 // errClientClosed is every setup's error once the client is closed.
 var errClientClosed = errors.New("client is closed")
 
@@ -159,8 +168,8 @@ func observeDial(o Observer, name string, conn *Conn, err error) {
 		switch {
 		case hop < 0 && (errors.Is(he.Err, errClientClosed) || errors.Is(he.Err, context.Canceled)):
 			reason = ReasonClosed
-		case hop >= 0 && he.Program == "in-process" && reason == ReasonOther:
-			reason = ReasonHandshake
+		case hop >= 0 && he.Program == "in-process":
+			reason = handshakeReason(he.Err)
 		}
 	}
 	o.ConnFailed(name, hop, reason)

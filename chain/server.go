@@ -1008,11 +1008,7 @@ func (s *Server) unwrap(c *serverConn, pos int, conn net.Conn) (net.Conn, bool) 
 	defer cancel()
 	inner, err := hop.inproc.srv.WrapConn(ctx, conn) // on error it closed conn
 	if err != nil {
-		if r := reasonOf(err); r == ReasonOther {
-			s.failed(c, pos, ReasonHandshake)
-		} else {
-			s.failed(c, pos, r)
-		}
+		s.failed(c, pos, handshakeReason(err))
 		// A prober, or a client that gave up: the transport answered as
 		// its own program would have.
 		s.log.Debug("an in-process hop's handshake failed", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
