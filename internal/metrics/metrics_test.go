@@ -198,3 +198,18 @@ func TestListenAddr(t *testing.T) {
 		}
 	}
 }
+
+// What one established connection costs the registry: open, setup, bytes,
+// close, from many goroutines at once.
+func BenchmarkConnection(b *testing.B) {
+	r := New("server", "test")
+	r.Chains("t2")
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			r.ConnOpened("t2")
+			r.ConnEstablished("t2", time.Millisecond)
+			r.ConnBytes("t2", 1000, 1000)
+			r.ConnClosed("t2")
+		}
+	})
+}
