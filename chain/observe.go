@@ -21,9 +21,9 @@ import (
 // methods are called from many goroutines at once.
 //
 // A chained connection is opened once, then either fails once (at a hop,
-// for a reason) or is established once, and is closed once; its payload
-// bytes (the application's, each way, before any hop's framing) are added
-// when it ends. Hops are numbered as in N.key: 0 is the innermost, the one
+// for a reason) or is established once, and is closed once; ConnBytes
+// adds its payload bytes (the application's, each way, before any hop's
+// framing) as they pass, many times over a connection's life. Hops are numbered as in N.key: 0 is the innermost, the one
 // the application's bytes enter first, on both sides; NoHop and DestHop
 // name what is not a hop.
 type Observer interface {
@@ -176,16 +176,6 @@ func observeDial(o Observer, name string, conn *Conn, err error) {
 	o.ConnClosed(name)
 }
 
-// observeEnd reports a client connection's end and its bytes, once.
-func (c *Conn) observeEnd() {
-	if o := c.client.opt.Observer; o != nil {
-		c.report.Do(func() {
-			o.ConnBytes(c.alias, c.written.Load(), c.read.Load())
-			o.ConnClosed(c.alias)
-		})
-	}
-}
-
 // clientChildName names a client's child in metrics: its program and its
 // plugin line (0 first), "-proxied" for the instance that carries tor's
 // upstream proxy.
@@ -286,11 +276,17 @@ func (s *Server) established(c *serverConn) {
 	}
 }
 
-// transferred adds c's payload bytes.
-func (s *Server) transferred(c *serverConn, upstream, downstream int64) {
-	if o := s.opt.Observer; o != nil {
-		o.ConnBytes(c.chain.alias, upstream, downstream)
+// progress counts c's payload bytes as they pass, upstream (towards tor)
+// or downstream; nil without an Observer.
+func (s *Server) progress(c *serverConn, upstream bool) shim.Progress {
+	o := s.opt.Observer
+	switch {
+	case o == nil:
+		return nil
+	case upstream:
+		return func(n int64) { o.ConnBytes(c.chain.alias, n, 0) }
 	}
+	return func(n int64) { o.ConnBytes(c.chain.alias, 0, n) }
 }
 
 // extOR reports how an Extended ORPort exchange ended.

@@ -167,32 +167,48 @@ type Conn struct {
 	read    atomic.Int64
 	written atomic.Int64
 	once    sync.Once
-	piped   atomic.Bool // pipeTo reports it to the Observer, once its counts are in
-	report  sync.Once   // to the Observer
 }
 
 var _ transport.Conn = (*Conn)(nil)
 
 func (c *Conn) Read(b []byte) (int, error) {
 	n, err := c.inner.Read(b)
-	c.read.Add(int64(n))
+	c.got(int64(n))
 	return n, err
 }
 
 func (c *Conn) Write(b []byte) (int, error) {
 	n, err := c.inner.Write(b)
-	c.written.Add(int64(n))
+	c.wrote(int64(n))
 	return n, err
+}
+
+// got and wrote count the application's bytes, for Stats and the
+// Observer.
+func (c *Conn) got(n int64) {
+	c.read.Add(n)
+	if o := c.client.opt.Observer; o != nil && n > 0 {
+		o.ConnBytes(c.alias, 0, n)
+	}
+}
+
+func (c *Conn) wrote(n int64) {
+	c.written.Add(n)
+	if o := c.client.opt.Observer; o != nil && n > 0 {
+		o.ConnBytes(c.alias, n, 0)
+	}
 }
 
 // Close closes the innermost hop's connection; the hops outside it may
 // drain for at most the Client's Linger before they are closed.
 func (c *Conn) Close() error {
 	err := c.inner.Close()
-	c.once.Do(func() { c.client.untrack(c) })
-	if !c.piped.Load() {
-		c.observeEnd()
-	}
+	c.once.Do(func() {
+		c.client.untrack(c)
+		if o := c.client.opt.Observer; o != nil {
+			o.ConnClosed(c.alias)
+		}
+	})
 	return err
 }
 
@@ -210,9 +226,9 @@ func (c *Conn) SetDeadline(t time.Time) error      { return c.inner.SetDeadline(
 func (c *Conn) SetReadDeadline(t time.Time) error  { return c.inner.SetReadDeadline(t) }
 func (c *Conn) SetWriteDeadline(t time.Time) error { return c.inner.SetWriteDeadline(t) }
 
-// Stats reports the bytes the application read and wrote, and the setup
-// time of the whole chain. Bytes that ServeSOCKS splices are added when
-// the connection ends.
+// Stats reports the bytes the application read and wrote (spliced by
+// ServeSOCKS or not, as they pass), and the setup time of the whole
+// chain.
 func (c *Conn) Stats() transport.Stats {
 	return transport.Stats{Read: c.read.Load(), Written: c.written.Load(), Setup: c.setup}
 }

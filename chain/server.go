@@ -1152,8 +1152,7 @@ func (s *Server) toTor(c *serverConn, conn net.Conn) {
 		return
 	}
 	s.torReached(c)
-	up, down, _ := shim.Pipe(s.ctx, conn, tor)
-	s.transferred(c, up, down)
+	shim.PipeProgress(s.ctx, conn, tor, s.progress(c, true), s.progress(c, false))
 }
 
 // torCookieInvalid heads every report of a TOR_PT_AUTH_COOKIE_FILE that

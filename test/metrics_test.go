@@ -281,14 +281,7 @@ func TestMetricsClientLoad(t *testing.T) {
 	if opened != total {
 		t.Errorf("opened: %v, the test opened %d", opened, total)
 	}
-	fails := after.failures("t2")
-	sum := 0
-	for k, n := range fails {
-		sum += n
-		if hop, reason, _ := strings.Cut(k, "/"); hop != "1" || reason != "down" && reason != "refused" && reason != "closed" {
-			t.Errorf("%d failures at hop %s for %s: not what a killed child of hop 1 causes", n, hop, reason)
-		}
-	}
+	fails, sum := hop1Failures(t, after)
 	if int64(sum) != res.refused.Load() || fails["1/down"]+fails["1/refused"] == 0 {
 		t.Errorf("failures %v (%d), the test saw %d connections refused; want them at hop 1", fails, sum, res.refused.Load())
 	}
@@ -366,14 +359,7 @@ func TestMetricsServerLoad(t *testing.T) {
 	if opened := after.value("ptcombiner_connections_opened_total", "chain", "t2"); opened != total {
 		t.Errorf("opened: %v, the test opened %d", opened, total)
 	}
-	fails := after.failures("t2")
-	sum := 0
-	for k, n := range fails {
-		sum += n
-		if hop, reason, _ := strings.Cut(k, "/"); hop != "1" || reason != "down" && reason != "refused" && reason != "closed" {
-			t.Errorf("%d failures at hop %s for %s: not what a killed child of hop 1 causes", n, hop, reason)
-		}
-	}
+	fails, sum := hop1Failures(t, after)
 	established := int(after.value("ptcombiner_connection_setup_seconds", "chain", "t2"))
 	if established+sum != total || established < int(res.ok.Load()) || established > int(ft.streams.Load()) {
 		t.Errorf("%d established and %d failed (%v) of %d; the test carried %d, the fake tor saw %d", established, sum, fails, total, res.ok.Load(), ft.streams.Load())
@@ -398,6 +384,22 @@ func TestMetricsServerLoad(t *testing.T) {
 	checkPayload(t, scrape{}, after, res)
 	checkRestartedOnce(t, after, "testpt#1", "testpt#0")
 	checkStatusLine(t, status, "t2", fmt.Sprintf("CONNECTIONS=%d OPEN=0 FAILED=%d", total, sum), "FAILED_HOP_1=")
+}
+
+// hop1Failures returns chain t2's failures by "hop/reason" and their sum,
+// and checks that each is one a killed child of hop 1 causes: at hop 1,
+// for its program being down, refusing, or closing connections in setup.
+func hop1Failures(t *testing.T, s scrape) (map[string]int, int) {
+	t.Helper()
+	fails := s.failures("t2")
+	sum := 0
+	for k, n := range fails {
+		sum += n
+		if hop, reason, _ := strings.Cut(k, "/"); hop != "1" || reason != "down" && reason != "refused" && reason != "closed" {
+			t.Errorf("%d failures at hop %s for %s: not what a killed child of hop 1 causes", n, hop, reason)
+		}
+	}
+	return fails, sum
 }
 
 // checkPayload checks the payload bytes counted between two scrapes of
@@ -491,4 +493,52 @@ func TestMetricsPortTaken(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "address already in use") {
 		t.Errorf("standalone with a taken --metrics port: %v, %s", err, out)
 	}
+}
+
+// Bytes are counted as they pass, not when a connection ends (tor keeps a
+// connection to its bridge for hours): through both programs standalone,
+// one connection open after carrying 200 kB each way shows them on both
+// endpoints, spliced as they are; closing it adds nothing.
+func TestMetricsBytesLive(t *testing.T) {
+	const size = 200000
+	echo := echoServer(t)
+	plugin := "test=" + bin("testpt")
+	smetrics, cmetrics := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	srv := startStandalone(t, 1, bin("ptcombiner-server"), "--plugin", plugin, "--chain", "t2=test|test",
+		"--listen", "t2=127.0.0.1:0", "--forward", echo, "--state-dir", t.TempDir(), "--metrics", smetrics)
+	f := strings.Fields(srv[0]) // CHAIN t2 <addr> ARGS <args>
+	cli := startStandalone(t, 1, bin("ptcombiner-client"), "--plugin", plugin, "--chain", "t2=test|test",
+		"--tunnel", "127.0.0.1:0=t2@"+f[2], "--args", "t2="+f[4], "--metrics", cmetrics)
+	raw, err := net.Dial("tcp", strings.Fields(cli[0])[2]) // TUNNEL t2 <addr> -> <bridge>
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := raw.(*net.TCPConn)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(eventCeiling))
+	msg := make([]byte, size)
+	rand.Read(msg)
+	go conn.Write(msg)
+	if _, err := io.ReadFull(conn, make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string, open float64) {
+		for _, addr := range []string{cmetrics, smetrics} {
+			var s scrape
+			waitFor(t, "200 kB each way on "+addr, eventCeiling, func() bool {
+				s = scrapeMetrics(t, addr)
+				return s.value("ptcombiner_payload_bytes_total", "direction", "downstream") >= size
+			})
+			up, down := s.value("ptcombiner_payload_bytes_total", "direction", "upstream"), s.value("ptcombiner_payload_bytes_total", "direction", "downstream")
+			if up != size || down != size || s.value("ptcombiner_connections_open", "chain", "t2") != open {
+				t.Errorf("%s, %s: %v bytes up, %v down, %v open; want %d each way, %v open", when, addr, up, down,
+					s.value("ptcombiner_connections_open", "chain", "t2"), size, open)
+			}
+		}
+	}
+	check("while the connection is open", 1)
+	conn.Close()
+	waitOpenZero(t, cmetrics, "t2")
+	waitOpenZero(t, smetrics, "t2")
+	check("after it closed", 0)
 }

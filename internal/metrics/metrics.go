@@ -41,7 +41,7 @@ var (
 		"Chained connections open now, being set up or established.",
 		[]string{"chain"}, nil)
 	descBytes = prometheus.NewDesc("ptcombiner_payload_bytes_total",
-		"Application bytes carried by chained connections that have ended, upstream (towards the bridge and tor) or downstream.",
+		"Application bytes carried by chained connections, as they pass, upstream (towards the bridge and tor) or downstream.",
 		[]string{"chain", "direction"}, nil)
 	descStarts          = childDesc("ptcombiner_child_starts_total", "Starts of a PT program's instance, restarts included.")
 	descRestarts        = childDesc("ptcombiner_child_restarts_total", "Restarts of a PT program's instance after it exited.")
