@@ -51,6 +51,9 @@ type ClientOptions struct {
 	OnChildLog func(program string, severity ptproc.Severity, message string)
 	// OnEvent, when set, hears when a child exits and is restarted.
 	OnEvent func(Event)
+	// Observer, when set, hears every connection and child event, for
+	// metrics; nil costs nothing.
+	Observer Observer
 }
 
 // Client runs chains on the client side. Its methods are safe for
@@ -336,7 +339,7 @@ func (c *Client) process(ctx context.Context, key procKey) (*ptproc.Process, err
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, errors.New("client is closed")
+		return nil, errClientClosed
 	}
 	slot := c.procs[key]
 	if slot == nil {
@@ -376,6 +379,7 @@ func (c *Client) process(ctx context.Context, key procKey) (*ptproc.Process, err
 				return p, nil
 			},
 			onEvent: c.opt.OnEvent,
+			observe: childObserver(c.opt.Observer, name, clientChildName(name, key)),
 		}
 	}
 	sup := slot.sup
@@ -468,7 +472,7 @@ func (e *HopError) ReplyCode() byte { return shim.ReplyCodeFor(e.Err) }
 func (c *Client) abandoned(ctx context.Context, start time.Time) error {
 	switch {
 	case c.ctx.Err() != nil:
-		return errors.New("client is closed")
+		return errClientClosed
 	case ctx.Err() != nil:
 		return fmt.Errorf("setup abandoned after %v: %w", time.Since(start).Round(time.Millisecond), context.Cause(ctx))
 	}
@@ -488,7 +492,7 @@ func (c *Client) enter() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return errors.New("client is closed")
+		return errClientClosed
 	}
 	c.conns.Add(1)
 	return nil
@@ -500,7 +504,7 @@ func (c *Client) track(conn *Conn) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return errors.New("client is closed")
+		return errClientClosed
 	}
 	c.open[conn] = struct{}{}
 	return nil

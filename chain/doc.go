@@ -69,6 +69,15 @@
 // (arrive), counted by MaxConns, attributed with the USERADDR it reports,
 // unchanged, or none, and the hops inside it are stamped as ever.
 //
+// # Observing
+//
+// ClientOptions.Observer and ServerOptions.Observer, when set, hear every
+// chained connection (opened, failed at a hop for a FailReason, or
+// established, its bytes, closed), every child's start, exit and restart,
+// and the server's Extended ORPort exchanges (observe.go holds the hooks
+// and the vocabulary). The programs set one for --metrics and STATUS
+// lines (package internal/metrics); a nil Observer costs nothing.
+//
 // # The Go API
 //
 // NewClient, then Start with the chains wanted, returns a Client whose Dial

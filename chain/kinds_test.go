@@ -128,7 +128,7 @@ func startFakeProxy(t *testing.T, scheme string) *fakeProxy {
 	ln := listenLoopback(t)
 	serveEach(t, ln, func(c net.Conn) {
 		if up := p.serve(scheme, c); up != nil {
-			pipe(context.Background(), c, up)
+			pipe(context.Background(), c, up, nil, nil)
 		}
 	})
 	p.url = scheme + "://" + ln.Addr().String()

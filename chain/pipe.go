@@ -29,11 +29,13 @@ func tcpOf(c net.Conn) *net.TCPConn {
 // pipe joins a and b until both directions end, as shim.Pipe does: a
 // direction that reaches EOF half-closes its destination, an error or ctx
 // closes both. When both are TCP connections underneath it splices
-// (shim.Pipe); otherwise (an in-process hop's connection) it copies. Both
-// a and b are closed, through their own Close, when it returns.
-func pipe(ctx context.Context, a, b net.Conn) (aToB, bToA int64, err error) {
+// (shim.PipeProgress), telling splicedAB and splicedBA (nil: nobody) of
+// the bytes it moves past a's and b's own Read and Write; otherwise (an
+// in-process hop's connection) it copies through them. Both a and b are
+// closed, through their own Close, when it returns.
+func pipe(ctx context.Context, a, b net.Conn, splicedAB, splicedBA shim.Progress) (aToB, bToA int64, err error) {
 	if ta, tb := tcpOf(a), tcpOf(b); ta != nil && tb != nil {
-		aToB, bToA, err = shim.Pipe(ctx, ta, tb)
+		aToB, bToA, err = shim.PipeProgress(ctx, ta, tb, splicedAB, splicedBA)
 		a.Close() // the wrappers' own ends: a hop's linger starts
 		b.Close()
 		return aToB, bToA, err

@@ -242,7 +242,7 @@ func (h ptHop) startPipe(in *net.TCPConn, out net.Conn) *hopPipe {
 	go func() {
 		defer h.pipes.Done()
 		defer p.end()
-		pipe(ctx, in, out)
+		pipe(ctx, in, out, nil, nil)
 	}()
 	return p
 }

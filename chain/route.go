@@ -42,8 +42,19 @@ func (c *Client) Dial(ctx context.Context, name, target string, args metadata.Ar
 	return c.dial(ctx, name, target, args, nil)
 }
 
-// dial is Dial over under (nil: the network).
+// dial is Dial over under (nil: the network), observed.
 func (c *Client) dial(ctx context.Context, name, target string, args metadata.Args, under transport.DialFunc) (*Conn, error) {
+	o := c.opt.Observer
+	if o == nil {
+		return c.dialChain(ctx, name, target, args, under)
+	}
+	o.ConnOpened(name)
+	conn, err := c.dialChain(ctx, name, target, args, under)
+	observeDial(o, name, conn, err)
+	return conn, err
+}
+
+func (c *Client) dialChain(ctx context.Context, name, target string, args metadata.Args, under transport.DialFunc) (*Conn, error) {
 	start := time.Now()
 	r, err := c.plan(ctx, name, target, args, under)
 	if err != nil {
@@ -64,7 +75,7 @@ func (c *Client) dial(ctx context.Context, name, target string, args metadata.Ar
 		}
 		return nil, err
 	}
-	conn := &Conn{inner: inner, client: c, setup: time.Since(start)}
+	conn := &Conn{inner: inner, client: c, alias: name, setup: time.Since(start)}
 	if err := c.track(conn); err != nil {
 		inner.Close()
 		return nil, &HopError{Alias: name, Hop: -1, Err: err}
@@ -127,7 +138,9 @@ func (c *Client) plan(ctx context.Context, name, target string, args metadata.Ar
 	r := &route{alias: name, bridge: target, args: perHop, network: under}
 	for i, m := range ch.Hops {
 		h, err := c.hop(ctx, ch, i, under == nil)
-		if err == nil && h.pt {
+		if err != nil {
+			err = downError{err}
+		} else if h.pt {
 			_, _, err = socksCredentials(perHop[i]) // refused before any hop is asked
 		}
 		if err != nil {
@@ -149,6 +162,7 @@ func (c *Client) plan(ctx context.Context, name, target string, args metadata.Ar
 type Conn struct {
 	inner   net.Conn // the innermost hop's connection
 	client  *Client
+	alias   string
 	setup   time.Duration
 	read    atomic.Int64
 	written atomic.Int64
@@ -159,21 +173,42 @@ var _ transport.Conn = (*Conn)(nil)
 
 func (c *Conn) Read(b []byte) (int, error) {
 	n, err := c.inner.Read(b)
-	c.read.Add(int64(n))
+	c.got(int64(n))
 	return n, err
 }
 
 func (c *Conn) Write(b []byte) (int, error) {
 	n, err := c.inner.Write(b)
-	c.written.Add(int64(n))
+	c.wrote(int64(n))
 	return n, err
+}
+
+// got and wrote count the application's bytes, for Stats and the
+// Observer.
+func (c *Conn) got(n int64) {
+	c.read.Add(n)
+	if o := c.client.opt.Observer; o != nil && n > 0 {
+		o.ConnBytes(c.alias, 0, n)
+	}
+}
+
+func (c *Conn) wrote(n int64) {
+	c.written.Add(n)
+	if o := c.client.opt.Observer; o != nil && n > 0 {
+		o.ConnBytes(c.alias, n, 0)
+	}
 }
 
 // Close closes the innermost hop's connection; the hops outside it may
 // drain for at most the Client's Linger before they are closed.
 func (c *Conn) Close() error {
 	err := c.inner.Close()
-	c.once.Do(func() { c.client.untrack(c) })
+	c.once.Do(func() {
+		c.client.untrack(c)
+		if o := c.client.opt.Observer; o != nil {
+			o.ConnClosed(c.alias)
+		}
+	})
 	return err
 }
 
@@ -191,9 +226,9 @@ func (c *Conn) SetDeadline(t time.Time) error      { return c.inner.SetDeadline(
 func (c *Conn) SetReadDeadline(t time.Time) error  { return c.inner.SetReadDeadline(t) }
 func (c *Conn) SetWriteDeadline(t time.Time) error { return c.inner.SetWriteDeadline(t) }
 
-// Stats reports the bytes the application read and wrote, and the setup
-// time of the whole chain. Bytes that ServeSOCKS splices are added when
-// the connection ends.
+// Stats reports the bytes the application read and wrote (spliced by
+// ServeSOCKS or not, as they pass), and the setup time of the whole
+// chain.
 func (c *Conn) Stats() transport.Stats {
 	return transport.Stats{Read: c.read.Load(), Written: c.written.Load(), Setup: c.setup}
 }

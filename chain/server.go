@@ -99,6 +99,9 @@ type ServerOptions struct {
 	OnChildLog func(program string, severity ptproc.Severity, message string)
 	// OnEvent, when set, hears when a child exits and is restarted.
 	OnEvent func(Event)
+	// Observer, when set, hears every connection, child event and
+	// Extended ORPort exchange, for metrics; nil costs nothing.
+	Observer Observer
 }
 
 // Bind is what tor asks for one transport: its alias, the address to
@@ -784,6 +787,7 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 			return p, nil
 		},
 		onEvent: s.opt.OnEvent,
+		observe: childObserver(s.opt.Observer, filepath.Base(c.path), c.name()),
 	}
 	// Known to Close before it starts, so that Close stops it; and never
 	// set once Close has begun, which reads c.sup without the lock.
@@ -911,6 +915,7 @@ type serverConn struct {
 	// from an outermost hop that listens itself, its Extended ORPort
 	// connection (closing it ends the client's session there).
 	public *net.TCPConn
+	watch  connWatch // for the Observer
 }
 
 // handlePublic takes a client's connection on a chain's public listener and
@@ -918,6 +923,7 @@ type serverConn struct {
 func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
 	release, ok := s.admit()
 	if !ok {
+		s.capped(sc.alias)
 		conn.Close()
 		return
 	}
@@ -927,6 +933,7 @@ func (s *Server) handlePublic(sc *serverChain, conn *net.TCPConn) {
 		return
 	}
 	c := &serverConn{id: s.nextID.Add(1), chain: sc, client: client, public: conn}
+	defer s.watchConn(c)()
 	s.next(c, len(sc.hops)-1, conn)
 }
 
@@ -964,6 +971,7 @@ func (s *Server) arrive(child *serverChild, meta extorport.Meta, conn *net.TCPCo
 	refuse := func(why string) {
 		s.log.Warn("refused an Extended ORPort connection: "+why, "child", child.name(), "chain", pub.chain.alias,
 			"useraddr", meta.UserAddr, "transport", meta.Transport)
+		s.extOR(PeerChild, ExtDenied)
 		extorport.Deny(conn)
 		conn.Close()
 	}
@@ -977,17 +985,22 @@ func (s *Server) arrive(child *serverChild, meta extorport.Meta, conn *net.TCPCo
 	}
 	release, ok := s.admit()
 	if !ok {
+		s.extOR(PeerChild, ExtDenied)
+		s.capped(pub.chain.alias)
 		extorport.Deny(conn) // the child ends that client's session
 		conn.Close()
 		return
 	}
 	defer release()
 	c := &serverConn{id: s.nextID.Add(1), chain: pub.chain, client: meta.UserAddr, public: conn}
+	defer s.watchConn(c)()
 	if err := extorport.Okay(conn); err != nil {
+		s.extOR(PeerChild, ExtFailed)
 		s.log.Warn("child went away before OKAY", "chain", c.chain.alias, "hop", len(c.chain.hops)-1, "child", child.name(), "err", err)
 		conn.Close()
 		return
 	}
+	s.extOR(PeerChild, ExtOK)
 	s.next(c, len(c.chain.hops)-2, conn)
 }
 
@@ -1019,10 +1032,12 @@ func (s *Server) next(c *serverConn, pos int, conn net.Conn) {
 // client waiting.
 func (s *Server) unwrap(c *serverConn, pos int, conn net.Conn) (net.Conn, bool) {
 	hop := c.chain.hops[pos]
+	s.reached(c, pos)
 	ctx, cancel := context.WithTimeout(s.ctx, s.opt.ArrivalTimeout)
 	defer cancel()
 	inner, err := hop.inproc.srv.WrapConn(ctx, conn) // on error it closed conn
 	if err != nil {
+		s.failed(c, pos, handshakeReason(err))
 		// A prober, or a client that gave up: the transport answered as
 		// its own program would have.
 		s.log.Debug("an in-process hop's handshake failed", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
@@ -1036,8 +1051,10 @@ func (s *Server) unwrap(c *serverConn, pos int, conn net.Conn) (net.Conn, bool) 
 // and pipes up into it; when it cannot, it closes up.
 func (s *Server) forward(c *serverConn, pos int, up net.Conn) {
 	hop := c.chain.hops[pos]
+	s.reached(c, pos)
 	addr, err := hop.child.addr(hop.method)
 	if err != nil {
+		s.failed(c, pos, ReasonDown)
 		s.log.Warn("a hop's server is down", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
 		up.Close()
 		return
@@ -1046,6 +1063,7 @@ func (s *Server) forward(c *serverConn, pos int, up net.Conn) {
 	raw, err := loopback.Dialer(addr.String()).DialContext(ctx, "tcp", addr.String())
 	cancel()
 	if err != nil {
+		s.failed(c, pos, reasonOf(err))
 		s.log.Warn("cannot reach a hop's server", "chain", c.chain.alias, "hop", pos, "method", hop.method, "err", err)
 		up.Close()
 		return
@@ -1060,6 +1078,7 @@ func (s *Server) forward(c *serverConn, pos int, up net.Conn) {
 	}
 	st := stamp{child: hop.child.id, method: hop.method, addr: local}
 	if err := s.stamps.Put(st, hopLink{conn: c, pos: pos}); err != nil {
+		s.failed(c, pos, ReasonOther)
 		s.log.Error("stamp collision: refusing the connection rather than guessing", "stamp", local.String(), "err", err)
 		up.Close()
 		down.Close()
@@ -1080,6 +1099,7 @@ func (s *Server) neverArrived(c *serverConn, pos int, st stamp, up net.Conn, dow
 		return
 	}
 	hop := c.chain.hops[pos]
+	s.failed(c, pos, ReasonTimeout)
 	s.log.Warn("a hop's server never reported a connection on its Extended ORPort: closing the client's connection",
 		"chain", c.chain.alias, "hop", pos, "method", hop.method, "child", hop.child.name(), "pid", hop.child.sup.Pid(),
 		"waited", s.opt.ArrivalTimeout)
@@ -1096,6 +1116,7 @@ func (s *Server) neverArrived(c *serverConn, pos int, st stamp, up net.Conn, dow
 func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 	meta, err := extorport.ServerHandshake(conn, extorport.ServerConfig{Cookie: child.cookie, Timeout: s.opt.HandshakeTimeout})
 	if err != nil {
+		s.extOR(PeerChild, ExtFailed)
 		s.log.Warn("refused an Extended ORPort connection", "child", child.name(), "err", err)
 		conn.Close()
 		return
@@ -1106,6 +1127,7 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 	}
 	addr, err := netip.ParseAddrPort(meta.UserAddr)
 	if err != nil {
+		s.extOR(PeerChild, ExtUnmatched)
 		s.log.Warn("refused an Extended ORPort connection without a usable USERADDR", "child", child.name(), "useraddr", meta.UserAddr, "err", err)
 		extorport.Deny(conn)
 		conn.Close()
@@ -1119,6 +1141,7 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 		link, ok = s.stamps.Take(stamp{child: child.id, method: meta.Transport, addr: addr}, s.opt.StampWait)
 	}
 	if !ok {
+		s.extOR(PeerChild, ExtUnmatched)
 		s.log.Warn("refused an Extended ORPort connection: ptcombiner dialled no such connection into this child",
 			"child", child.name(), "useraddr", meta.UserAddr, "transport", meta.Transport)
 		extorport.Deny(conn)
@@ -1133,10 +1156,13 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 	// wait in the socket until the next leg is up; a failure there closes
 	// the connection, with the warning that says why.
 	if err := extorport.Okay(conn); err != nil {
+		s.extOR(PeerChild, ExtFailed)
+		s.failed(c, pos, ReasonClosed)
 		s.log.Warn("child went away before OKAY", "chain", c.chain.alias, "hop", pos, "child", child.name(), "err", err)
 		conn.Close()
 		return
 	}
+	s.extOR(PeerChild, ExtOK)
 	s.next(c, pos-1, conn)
 }
 
@@ -1149,6 +1175,7 @@ func (s *Server) toTor(c *serverConn, conn net.Conn) {
 	}
 	tor, release, err := s.dialTor(c)
 	if err != nil {
+		s.torFailed(c, err)
 		msg := "cannot reach tor (or the --forward service)"
 		if errors.As(err, new(*extorport.CookieFileError)) { // tor may rewrite it at any time
 			msg = torCookieInvalid + ": closing the client's connection"
@@ -1158,7 +1185,8 @@ func (s *Server) toTor(c *serverConn, conn net.Conn) {
 		return
 	}
 	defer release()
-	shim.Pipe(s.ctx, conn, tor)
+	s.torReached(c)
+	shim.PipeProgress(s.ctx, conn, tor, s.progress(c, true), s.progress(c, false))
 }
 
 // torCookieInvalid heads every report of a TOR_PT_AUTH_COOKIE_FILE that

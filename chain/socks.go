@@ -247,13 +247,9 @@ func (s *SOCKSServer) Close() error {
 }
 
 // pipeTo joins the chained connection with app until both directions end
-// (pipe), counting what passes: bytes spliced past Read and Write are
-// added when the pipe ends.
+// (pipe), counting what passes as it passes, spliced past Read and Write
+// or not.
 func (c *Conn) pipeTo(ctx context.Context, app net.Conn) error {
-	toChain, fromChain, err := pipe(ctx, app, c)
-	if tcpOf(app) != nil && c.tcp() != nil {
-		c.written.Add(toChain)
-		c.read.Add(fromChain)
-	}
+	_, _, err := pipe(ctx, app, c, c.wrote, c.got)
 	return err
 }

@@ -60,6 +60,7 @@ type supervisor struct {
 	start   func(context.Context) (*ptproc.Process, error)
 	log     *slog.Logger
 	onEvent func(Event)
+	observe func(EventKind) // nil: not observed (Observer)
 
 	startMu  sync.Mutex
 	mu       sync.Mutex
@@ -117,6 +118,7 @@ func (s *supervisor) Start(ctx context.Context, wg *sync.WaitGroup) (*ptproc.Pro
 	s.proc, s.err, s.started, s.running = p, nil, time.Now(), true
 	wg.Add(1) // under mu, so before Close, which comes before the owner's wg.Wait
 	s.mu.Unlock()
+	s.observed(EventStarted)
 	go func() {
 		defer wg.Done()
 		s.watch()
@@ -185,6 +187,13 @@ func (s *supervisor) event(e Event) {
 	if s.onEvent != nil {
 		s.onEvent(e)
 	}
+	s.observed(e.Kind)
+}
+
+func (s *supervisor) observed(k EventKind) {
+	if s.observe != nil {
+		s.observe(k)
+	}
 }
 
 // watch restarts the child each time it exits, until life ends (it then
@@ -248,6 +257,7 @@ func (s *supervisor) restart(wait time.Duration, crashes int) bool {
 				return false
 			}
 			s.log.Warn("PT program restarted", "program", s.name, "pid", np.Pid())
+			s.observed(EventStarted)
 			s.event(Event{Pid: np.Pid(), Kind: EventRestarted, Crashes: crashes})
 			return true
 		}

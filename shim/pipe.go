@@ -27,6 +27,18 @@ import (
 // error except EOF and the "use of closed network connection" that Pipe's
 // own closing causes; it holds ctx's cause when cancellation ended the pipe.
 func Pipe(ctx context.Context, a, b net.Conn) (aToB, bToA int64, err error) {
+	return PipeProgress(ctx, a, b, nil, nil)
+}
+
+// Progress hears the bytes of one direction of a pipe as they are
+// written, in chunks (at most spliceChunk when splicing); nil hears
+// nothing. It is called from the direction's goroutine.
+type Progress func(n int64)
+
+// PipeProgress is Pipe, telling ab and ba of each direction's bytes as
+// they pass (for counters of long-lived connections), not only when the
+// pipe ends.
+func PipeProgress(ctx context.Context, a, b net.Conn, ab, ba Progress) (aToB, bToA int64, err error) {
 	var once sync.Once
 	closeBoth := func() {
 		once.Do(func() {
@@ -40,12 +52,12 @@ func Pipe(ctx context.Context, a, b net.Conn) (aToB, bToA int64, err error) {
 		closeBoth()
 	})
 
-	ab := &copier{name: "a->b", dst: b, src: a, abort: closeBoth}
-	ba := &copier{name: "b->a", dst: a, src: b, abort: closeBoth}
+	toB := &copier{name: "a->b", dst: b, src: a, abort: closeBoth, progress: ab}
+	toA := &copier{name: "b->a", dst: a, src: b, abort: closeBoth, progress: ba}
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go ab.run(&wg)
-	ba.run(&wg) // in the caller's goroutine: one goroutine (and stack) less per pipe
+	go toB.run(&wg)
+	toA.run(&wg) // in the caller's goroutine: one goroutine (and stack) less per pipe
 	wg.Wait()
 
 	cancelled := !stop()
@@ -58,8 +70,8 @@ func Pipe(ctx context.Context, a, b net.Conn) (aToB, bToA int64, err error) {
 	if cancelled {
 		errs = append(errs, fmt.Errorf("pipe: %w", context.Cause(ctx)))
 	}
-	errs = append(errs, ab.err, ba.err)
-	return ab.n, ba.n, errors.Join(errs...)
+	errs = append(errs, toB.err, toA.err)
+	return toB.n, toA.n, errors.Join(errs...)
 }
 
 // copier is one direction of a Pipe; goroutines show up in stack dumps as
@@ -68,6 +80,7 @@ type copier struct {
 	name     string
 	dst, src net.Conn
 	abort    func() // closes both connections
+	progress Progress
 
 	n   int64
 	err error // nil on EOF; set before run returns
@@ -75,7 +88,7 @@ type copier struct {
 
 func (c *copier) run(wg *sync.WaitGroup) {
 	defer wg.Done()
-	n, err := copyConn(c.dst, c.src)
+	n, err := copyConn(c.dst, c.src, c.progress)
 	c.n = n
 	if err == nil {
 		// EOF: pass the half-close on and let the other direction go on.
@@ -92,14 +105,36 @@ func (c *copier) run(wg *sync.WaitGroup) {
 	c.err = fmt.Errorf("pipe %s: %w", c.name, err)
 }
 
-// copyConn copies src to dst, by splice between TCP connections.
-func copyConn(dst, src net.Conn) (int64, error) {
+// copyConn copies src to dst, by splice between TCP connections, telling
+// progress of what it wrote.
+func copyConn(dst, src net.Conn, progress Progress) (int64, error) {
 	d, dok := dst.(*net.TCPConn)
 	s, sok := src.(*net.TCPConn)
 	if dok && sok {
-		return copyTCP(d, s)
+		return copyTCP(d, s, progress)
+	}
+	return copyCounted(dst, src, progress)
+}
+
+// copyCounted is io.Copy, telling progress of each write.
+func copyCounted(dst io.Writer, src io.Reader, progress Progress) (int64, error) {
+	if progress != nil {
+		dst = progressWriter{dst, progress}
 	}
 	return io.Copy(dst, src)
+}
+
+type progressWriter struct {
+	w        io.Writer
+	progress Progress
+}
+
+func (w progressWriter) Write(b []byte) (int, error) {
+	n, err := w.w.Write(b)
+	if n > 0 {
+		w.progress(int64(n))
+	}
+	return n, err
 }
 
 // closeWrite half-closes c, or says why it cannot.

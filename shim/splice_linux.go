@@ -2,7 +2,6 @@ package shim
 
 import (
 	"errors"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -179,11 +178,12 @@ func (s *splicer) drainOnce(fd uintptr) bool {
 }
 
 // copyTCP copies src to dst until src's EOF (nil error) or an error, by
-// splice; where splice cannot be used it goes on with io.Copy.
-func copyTCP(dst, src *net.TCPConn) (int64, error) {
-	n, err := spliceCopy(dst, src)
+// splice, telling progress of each chunk written; where splice cannot be
+// used it goes on with io.Copy.
+func copyTCP(dst, src *net.TCPConn, progress Progress) (int64, error) {
+	n, err := spliceCopy(dst, src, progress)
 	if errors.Is(err, errNoSplice) {
-		m, err := io.Copy(dst, src)
+		m, err := copyCounted(dst, src, progress)
 		return n + m, err
 	}
 	return n, err
@@ -192,7 +192,7 @@ func copyTCP(dst, src *net.TCPConn) (int64, error) {
 // errNoSplice says that splice cannot go on; nothing was lost.
 var errNoSplice = errors.New("splice unavailable")
 
-func spliceCopy(dst, src *net.TCPConn) (written int64, err error) {
+func spliceCopy(dst, src *net.TCPConn, progress Progress) (written int64, err error) {
 	s, err := newSplicer(dst, src)
 	if err != nil {
 		return 0, errNoSplice
@@ -224,6 +224,9 @@ func spliceCopy(dst, src *net.TCPConn) (written int64, err error) {
 		n := s.inPipe
 		werr := s.dst.Write(s.drain)
 		written += int64(n - s.inPipe)
+		if progress != nil && n > s.inPipe {
+			progress(int64(n - s.inPipe))
+		}
 		if werr != nil {
 			return written, werr
 		}

@@ -3,9 +3,11 @@
 package shim
 
 import (
-	"io"
 	"net"
 )
 
-// copyTCP copies src to dst until src's EOF (nil error) or an error.
-func copyTCP(dst, src *net.TCPConn) (int64, error) { return io.Copy(dst, src) }
+// copyTCP copies src to dst until src's EOF (nil error) or an error,
+// telling progress of each write.
+func copyTCP(dst, src *net.TCPConn, progress Progress) (int64, error) {
+	return copyCounted(dst, src, progress)
+}

@@ -75,6 +75,11 @@ func run(c *cli.Context) error {
 		return err
 	}
 	defer closer.Close()
+	m, err := runner.StartMetrics(c, log, "client", true)
+	if err != nil { // before VERSION: tor takes ENV-ERROR only then
+		return runner.Fail("ENV-ERROR", "ptcombiner-client: "+err.Error())
+	}
+	defer m.Close()
 	info, err := pt.ClientSetup(nil) // VERSION, or VERSION-ERROR / ENV-ERROR
 	if err != nil {
 		return runner.Fail("", "ptcombiner-client: "+err.Error())
@@ -104,6 +109,7 @@ func run(c *cli.Context) error {
 		StartTimeout: c.Duration("start-timeout"),
 		OnChildLog:   runner.RelayChildLog,
 		OnEvent:      func(e chain.Event) { runner.ReportEvent(cfg, names, e) },
+		Observer:     m.Observer(),
 	})
 	defer client.Close()
 
@@ -140,6 +146,7 @@ func run(c *cli.Context) error {
 		pt.Cmethod(name, "socks5", ln.Addr())
 	}
 	pt.CmethodsDone()
+	m.Serving(names)
 	serveUntilEnd(monitor, log, srv, client)
 	serving.Wait()
 	return nil

@@ -84,6 +84,11 @@ func runStandalone(c *cli.Context) error {
 		}
 		defer os.RemoveAll(stateDir)
 	}
+	m, err := runner.StartMetrics(c, log, "client", false)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
 	monitor := runner.NewMonitor(context.Background(), false)
 	defer monitor.Stop()
 	client := chain.NewClient(chain.ClientOptions{
@@ -92,6 +97,7 @@ func runStandalone(c *cli.Context) error {
 		Logger:       log,
 		SetupTimeout: c.Duration("setup-timeout"),
 		StartTimeout: c.Duration("start-timeout"),
+		Observer:     m.Observer(),
 	})
 	defer client.Close()
 	var errs []error
@@ -161,6 +167,7 @@ func runStandalone(c *cli.Context) error {
 		serving.Go(func() { srv.ServeFunc(ln, p.Handle) })
 		fmt.Printf("PROXY %s %s -> %s\n", t.alias, ln.Addr(), t.bridge)
 	}
+	m.Serving(order)
 	serveUntilEnd(monitor, log, srv, client, keepers...)
 	return nil
 }

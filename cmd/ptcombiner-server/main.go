@@ -79,6 +79,11 @@ func run(c *cli.Context) error {
 		return err
 	}
 	defer closer.Close()
+	m, err := runner.StartMetrics(c, log, "server", true)
+	if err != nil { // before VERSION: tor takes ENV-ERROR only then
+		return runner.Fail("ENV-ERROR", "ptcombiner-server: "+err.Error())
+	}
+	defer m.Close()
 	// Options are read by goptlib too, but its parser is not exported; read
 	// them ourselves first so that a malformed value gets a precise message.
 	if _, err := metadata.ParseServerTransportOptions(os.Getenv("TOR_PT_SERVER_TRANSPORT_OPTIONS")); err != nil {
@@ -120,6 +125,7 @@ func run(c *cli.Context) error {
 		ProxyHeaderTimeout: c.Duration("proxy-header-timeout"),
 		OnChildLog:         runner.RelayChildLog,
 		OnEvent:            func(e chain.Event) { runner.ReportEvent(cfg, aliases, e) },
+		Observer:           m.Observer(),
 	}
 	if info.ExtendedOrAddr != nil {
 		opt.TorExtORPort = info.ExtendedOrAddr.String()
@@ -158,6 +164,7 @@ func run(c *cli.Context) error {
 		}
 	}
 	pt.SmethodsDone()
+	m.Serving(aliases)
 
 	select {
 	case <-monitor.Exit():

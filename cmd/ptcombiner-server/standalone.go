@@ -75,6 +75,11 @@ func runStandalone(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	m, err := runner.StartMetrics(c, log, "server", false)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
 	monitor := runner.NewMonitor(context.Background(), false)
 	defer monitor.Stop()
 	var streams func(ctx context.Context, conn net.Conn, alias, client string)
@@ -95,6 +100,7 @@ func runStandalone(c *cli.Context) error {
 		DialTimeout:        c.Duration("dial-timeout"),
 		StartTimeout:       c.Duration("start-timeout"),
 		MaxConns:           c.Int("max-conns"),
+		Observer:           m.Observer(),
 	})
 	defer server.Close()
 	for _, ti := range tors {
@@ -122,6 +128,11 @@ func runStandalone(c *cli.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	var aliases []string
+	for _, b := range binds {
+		aliases = append(aliases, b.Alias)
+	}
+	m.Serving(aliases)
 	select {
 	case <-monitor.Exit():
 	case <-monitor.Drain():

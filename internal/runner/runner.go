@@ -30,7 +30,7 @@ var Version = "dev"
 
 // Flags are the flags both programs take.
 func Flags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringSliceFlag{Name: "plugin", Usage: "a PT program and the methods it offers: `NAMES=PATH`, e.g. obfs3,obfs4=/usr/bin/obfs4proxy, or an unmanaged PT's SOCKS5 port (client): NAME=socks5:ADDR (repeatable)"},
 		&cli.StringSliceFlag{Name: "builtin", Usage: "methods served in-process, without a PT program: `NAMES`, e.g. obfs3,obfs4 (obfs2, obfs3, obfs4; scramblesuit client only) (repeatable)"},
 		&cli.StringSliceFlag{Name: "chain", Usage: "a chain exposed to tor under an alias: `ALIAS=CHAIN`, innermost first, e.g. obfs3_obfs4=obfs3|obfs4 (repeatable)"},
@@ -38,7 +38,7 @@ func Flags() []cli.Flag {
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "stderr log level: debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-file", Usage: "log to `FILE` instead of stderr (tor records a PT's stderr only at info level)"},
 		&cli.BoolFlag{Name: "unsafe-logging", Usage: "show IP addresses in logs (they are elided by default)"},
-	}
+	}, metricsFlags()...)
 }
 
 // LoadConfig builds the configuration from --config and the --plugin,
