@@ -289,6 +289,48 @@ func (s *Server) progress(c *serverConn, upstream bool) shim.Progress {
 	return func(n int64) { o.ConnBytes(c.chain.alias, 0, n) }
 }
 
+// counted is conn with its payload counted as it passes, for a stream
+// handed to ServerOptions.Streams: what is read from it goes upstream
+// (towards the service), what is written to it downstream. Without an
+// Observer it is conn itself.
+func (s *Server) counted(c *serverConn, conn net.Conn) net.Conn {
+	if s.opt.Observer == nil {
+		return conn
+	}
+	return &countedConn{Conn: conn, up: s.progress(c, true), down: s.progress(c, false)}
+}
+
+// countedConn is a net.Conn that tells its Progress functions the bytes
+// read (up) and written (down).
+type countedConn struct {
+	net.Conn
+	up, down shim.Progress
+}
+
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.up(int64(n))
+	}
+	return n, err
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.down(int64(n))
+	}
+	return n, err
+}
+
+// CloseWrite half-closes the stream where the conn beneath can.
+func (c *countedConn) CloseWrite() error {
+	if hc, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return hc.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
 // extOR reports how an Extended ORPort exchange ended.
 func (s *Server) extOR(peer ExtORPeer, outcome ExtOROutcome) {
 	if o := s.opt.Observer; o != nil {

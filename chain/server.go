@@ -1170,7 +1170,10 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 // service, or ServerOptions.Streams).
 func (s *Server) toTor(c *serverConn, conn net.Conn) {
 	if s.opt.Streams != nil {
-		s.opt.Streams(s.ctx, conn, c.chain.alias, c.client)
+		// The stream is established once it is handed over; its bytes are
+		// counted as they pass, as they are towards tor.
+		s.established(c)
+		s.opt.Streams(s.ctx, s.counted(c, conn), c.chain.alias, c.client)
 		return
 	}
 	tor, release, err := s.dialTor(c)
