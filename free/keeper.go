@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -70,6 +71,66 @@ type clientSession struct {
 	conn     *watchedConn
 	done     chan struct{} // closed when the session has broken or been closed
 	answered atomic.Bool   // the bridge has replied to a stream header
+
+	advertised chan struct{} // closed once the bridge answered Advertise, or could not
+	advert     *Policy       // the bridge's policy, set before advertised closes; nil: none
+}
+
+// judge waits for the bridge's advertisement, then says whether h can be
+// granted before the bridge replies, or refuses it by the advertised
+// policy.
+func (s *clientSession) judge(ctx context.Context, wait <-chan time.Time, h Header) (bool, error) {
+	if h.Command != Connect || h.Dest.Name != "" {
+		return false, nil // a name is resolved, and judged, on the bridge
+	}
+	select {
+	case <-s.advertised:
+	case <-s.done:
+		return false, nil // the handshake fails, and Open tries a new session
+	case <-ctx.Done():
+		return false, fmt.Errorf("free: waiting for the bridge's policy: %w", context.Cause(ctx))
+	case <-wait:
+		return false, errors.New("free: no policy from the bridge")
+	}
+	if s.advert == nil {
+		return false, nil
+	}
+	d := s.advert.Check(h.Dest.IP, h.Dest.Port)
+	if !d.Allowed {
+		return false, &RefusedError{Rep: shim.RepNotAllowed, Rule: d.Rule}
+	}
+	return true, nil
+}
+
+// fetchAdvert asks the bridge for its policy, then closes s.advertised.
+func (k *Keeper) fetchAdvert(s *clientSession) {
+	defer close(s.advertised)
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return
+	}
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(k.ReplyTimeout))
+	hdr, _ := AppendHeader(nil, Header{Command: Advertise})
+	if _, err := st.Write(hdr); err != nil {
+		return
+	}
+	rep, err := readReply(st)
+	if err != nil {
+		return
+	}
+	s.answered.Store(true)
+	if rep != shim.RepSucceeded {
+		k.log.Info("the bridge does not advertise its policy: each stream waits for the bridge's reply", "socks_reply", rep)
+		return
+	}
+	p, err := ReadAdvert(st)
+	if err != nil {
+		k.log.Warn("the bridge's policy advertisement does not parse: each stream waits for the bridge's reply", "err", err)
+		return
+	}
+	s.advert = p
+	k.log.Debug("the bridge advertised its policy", "rules", len(p.Rules))
 }
 
 func (k *Keeper) init() {
@@ -101,6 +162,46 @@ func (k *Keeper) init() {
 type Stream struct {
 	*smux.Stream
 	sess *clientSession
+	// granted: the stream was granted before the bridge replied
+	// (Keeper.Start); its reply is still to be read, by the first Read
+	// or WriteTo, which fail with a *RefusedError when it refuses.
+	granted bool
+}
+
+// Read reads the stream's bytes, after the bridge's reply to an
+// optimistic grant.
+func (s *Stream) Read(b []byte) (int, error) {
+	if err := s.reply(); err != nil {
+		return 0, err
+	}
+	return s.Stream.Read(b)
+}
+
+// WriteTo writes the stream's bytes to w (smux's, without a copy), after
+// the bridge's reply to an optimistic grant.
+func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+	if err := s.reply(); err != nil {
+		return 0, err
+	}
+	return s.Stream.WriteTo(w)
+}
+
+// reply reads the bridge's reply to a granted stream, once; it is called
+// from the stream's one reader.
+func (s *Stream) reply() error {
+	if !s.granted {
+		return nil
+	}
+	s.granted = false
+	rep, err := readReply(s.Stream)
+	if err != nil {
+		return err
+	}
+	s.sess.answered.Store(true)
+	if rep != shim.RepSucceeded {
+		return &RefusedError{Rep: rep, Granted: true}
+	}
+	return nil
 }
 
 // Broken is closed once the stream's session has broken or closed.
@@ -109,11 +210,27 @@ func (s *Stream) Broken() <-chan struct{} { return s.sess.done }
 // broke reports whether the session can no longer carry the stream.
 func (s *Stream) broke() bool { return !s.sess.live() }
 
-// RefusedError is the server's non-zero reply to a stream header.
-type RefusedError struct{ Rep byte }
+// RefusedError is the server's non-zero reply to a stream header, or the
+// client's refusal under the bridge's advertised policy.
+type RefusedError struct {
+	Rep byte
+	// Rule, when set: the client refused the stream itself, by this rule
+	// of the bridge's advertised policy, and sent nothing.
+	Rule string
+	// Granted: the refusal came after an optimistic grant, from a Read of
+	// the stream; the application had been told the CONNECT succeeded.
+	Granted bool
+}
 
 func (e *RefusedError) Error() string {
-	return "free: the server refused the stream: " + (&shim.ReplyError{Code: e.Rep}).Error()
+	if e.Rule != "" {
+		return "free: refused by " + e.Rule + " (advertised; refused on the client): " + (&shim.ReplyError{Code: e.Rep}).Error()
+	}
+	what := "the server refused the stream"
+	if e.Granted {
+		what = "the server refused a stream already granted"
+	}
+	return "free: " + what + ": " + (&shim.ReplyError{Code: e.Rep}).Error()
 }
 
 // ReplyCode is the SOCKS5 reply for an application whose stream could not
@@ -130,6 +247,24 @@ func ReplyCode(err error) byte {
 // there is none), and returns it once the server accepted it; a refusal
 // is a *RefusedError.
 func (k *Keeper) Open(ctx context.Context, h Header) (*Stream, error) {
+	return k.open(ctx, h, false)
+}
+
+// Start is Open with an optimistic grant: when the session's bridge
+// advertised its policy and h is a Connect to an IP address, Start judges
+// the destination by that policy and does not wait for the bridge. A
+// denied destination is a *RefusedError (REP 0x02, Rule set) and nothing
+// is sent; an allowed one is returned as soon as its header is sent, and
+// the bridge's reply is read by the stream's first Read (or WriteTo),
+// which fails with a *RefusedError when the bridge refuses after all (its
+// policy changed, or the destination could not be dialled). A name, a
+// UDP association, or a bridge that does not advertise (an older one)
+// waits for the reply as Open does.
+func (k *Keeper) Start(ctx context.Context, h Header) (*Stream, error) {
+	return k.open(ctx, h, true)
+}
+
+func (k *Keeper) open(ctx context.Context, h Header, optimistic bool) (*Stream, error) {
 	k.init()
 	hdr, err := AppendHeader(nil, h)
 	if err != nil {
@@ -144,10 +279,26 @@ func (k *Keeper) Open(ctx context.Context, h Header) (*Stream, error) {
 		if err != nil {
 			return nil, err
 		}
+		grant := false
+		if optimistic {
+			if grant, err = s.judge(ctx, wait.C, h); err != nil {
+				return nil, err
+			}
+		}
 		st, err := s.mux.OpenStream()
 		if err != nil {
 			s.mux.Close() // it broke meanwhile: try again, on a new session
 			continue
+		}
+		if grant {
+			if _, err := st.Write(hdr); err != nil {
+				st.Close()
+				if ctx.Err() == nil && !s.live() {
+					continue
+				}
+				return nil, fmt.Errorf("free: send the stream header: %w", err)
+			}
+			return &Stream{Stream: st, sess: s, granted: true}, nil
 		}
 		rep, err := k.handshake(ctx, st, hdr)
 		if err != nil {
@@ -297,8 +448,9 @@ func (k *Keeper) newSession(conn net.Conn) (*clientSession, error) {
 		conn.Close()
 		return nil, err
 	}
-	s := &clientSession{mux: mux, conn: wc, done: make(chan struct{})}
+	s := &clientSession{mux: mux, conn: wc, done: make(chan struct{}), advertised: make(chan struct{})}
 	k.wg.Go(func() { k.watch(s) })
+	k.wg.Go(func() { k.fetchAdvert(s) })
 	return s, nil
 }
 

@@ -27,6 +27,13 @@ type Proxy struct {
 	Check          func(user, pass []byte) bool
 	RequestTimeout time.Duration // bound on reading a request; 0: shim.DefaultRequestTimeout
 	Logger         *slog.Logger  // nil: slog.Default()
+	// Wait: every CONNECT waits for the bridge's reply before the SOCKS
+	// reply (Keeper.Open), so that the application hears the bridge's
+	// exact reply code. By default a CONNECT to an IP address that the
+	// bridge's advertised policy allows is granted at once (Keeper.Start),
+	// and a failure to reach it later resets the application's
+	// connection.
+	Wait bool
 }
 
 func (p *Proxy) logger() *slog.Logger {
@@ -60,10 +67,19 @@ func (p *Proxy) Handle(ctx context.Context, conn net.Conn) {
 
 // connect carries one CONNECT through a stream.
 func (p *Proxy) connect(ctx context.Context, conn net.Conn, req *shim.ProxyRequest, log *slog.Logger) {
-	st, err := p.Keeper.Open(ctx, Header{Command: Connect, Dest: req.Dst})
+	open := p.Keeper.Start
+	if p.Wait {
+		open = p.Keeper.Open
+	}
+	st, err := open(ctx, Header{Command: Connect, Dest: req.Dst})
 	if err != nil {
 		code := ReplyCode(err)
-		log.Info("CONNECT failed", "err", err, "socks_reply", code)
+		var re *RefusedError
+		if errors.As(err, &re) && re.Rule != "" {
+			log.Warn("destination refused by policy (the bridge's, as it advertised it: refused here)", "why", re.Rule, "socks_reply", code)
+		} else {
+			log.Info("CONNECT failed", "err", err, "socks_reply", code)
+		}
 		shim.ReplyBound(conn, code, unbound)
 		return
 	}
@@ -71,7 +87,7 @@ func (p *Proxy) connect(ctx context.Context, conn net.Conn, req *shim.ProxyReque
 		st.Close()
 		return
 	}
-	shim.Pipe(ctx, conn, &resetOnBreak{stream: st, app: conn})
+	shim.Pipe(ctx, conn, &resetOnBreak{stream: st, app: conn, log: log})
 }
 
 // resetOnBreak is a stream as Pipe sees it: an error on it, or an end
@@ -81,6 +97,7 @@ func (p *Proxy) connect(ctx context.Context, conn net.Conn, req *shim.ProxyReque
 type resetOnBreak struct {
 	stream *Stream
 	app    net.Conn
+	log    *slog.Logger
 }
 
 var errBroke = errors.New("free: the session broke")
@@ -91,15 +108,39 @@ func (r *resetOnBreak) Read(b []byte) (int, error) {
 		err = errBroke
 	}
 	if err != nil && err != io.EOF {
-		r.reset()
+		r.fail(err)
 	}
 	return n, err
+}
+
+// WriteTo keeps smux's WriteTo, which writes the session's buffers to w
+// without copying them first.
+func (r *resetOnBreak) WriteTo(w io.Writer) (int64, error) {
+	n, err := r.stream.WriteTo(w)
+	if err == nil && r.stream.broke() {
+		err = errBroke
+	}
+	if err != nil {
+		r.fail(err)
+	}
+	return n, err
+}
+
+// fail resets the application's connection, and says so when the bridge
+// refused a stream that had been granted.
+func (r *resetOnBreak) fail(err error) {
+	var re *RefusedError
+	if errors.As(err, &re) && re.Granted {
+		r.log.Info("CONNECT refused by the bridge after it was granted: the application's connection is reset",
+			"err", err, "socks_reply", re.Rep)
+	}
+	r.reset()
 }
 
 func (r *resetOnBreak) Write(b []byte) (int, error) {
 	n, err := r.stream.Write(b)
 	if err != nil {
-		r.reset()
+		r.fail(err)
 	}
 	return n, err
 }
