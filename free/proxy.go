@@ -126,6 +126,14 @@ func (r *resetOnBreak) WriteTo(w io.Writer) (int64, error) {
 	return n, err
 }
 
+// ReadFrom writes r's bytes to the stream through copyAdaptive's
+// buffers (io.Copy's are 32 KiB: a frame each, half full).
+func (r *resetOnBreak) ReadFrom(src io.Reader) (int64, error) {
+	return copyAdaptive(writeOnly{r}, src) // r.Write resets on a failed write
+}
+
+type writeOnly struct{ io.Writer }
+
 // fail resets the application's connection, and says so when the bridge
 // refused a stream that had been granted.
 func (r *resetOnBreak) fail(err error) {

@@ -252,7 +252,7 @@ func (s *Server) connect(ctx context.Context, st *smux.Stream, dest shim.Addr, l
 		out.Close()
 		return
 	}
-	if _, _, err := shim.Pipe(ctx, st, out); err != nil {
+	if _, _, err := shim.Pipe(ctx, serverStream{st}, out); err != nil {
 		log.Debug("stream ended", "dest", s.show(dest), "err", err)
 	}
 }
