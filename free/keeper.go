@@ -102,6 +102,29 @@ func (s *clientSession) judge(ctx context.Context, wait <-chan time.Time, h Head
 	return true, nil
 }
 
+// openGranted opens a stream granted before the bridge replies and sends
+// its header with the application's first bytes.
+func (s *clientSession) openGranted(hdr []byte, g *Grant) (*Stream, error) {
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		s.mux.Close()
+		return nil, fmt.Errorf("free: open a stream: %w", err)
+	}
+	if g.First != nil {
+		first, err := g.First()
+		if err != nil {
+			st.Close()
+			return nil, err
+		}
+		hdr = append(hdr, first...)
+	}
+	if _, err := st.Write(hdr); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("free: send the stream header: %w", err)
+	}
+	return &Stream{Stream: st, sess: s, granted: true}, nil
+}
+
 // fetchAdvert asks the bridge for its policy, then closes s.advertised.
 func (k *Keeper) fetchAdvert(s *clientSession) {
 	defer close(s.advertised)
@@ -247,24 +270,36 @@ func ReplyCode(err error) byte {
 // there is none), and returns it once the server accepted it; a refusal
 // is a *RefusedError.
 func (k *Keeper) Open(ctx context.Context, h Header) (*Stream, error) {
-	return k.open(ctx, h, false)
+	return k.open(ctx, h, nil)
 }
 
 // Start is Open with an optimistic grant: when the session's bridge
 // advertised its policy and h is a Connect to an IP address, Start judges
 // the destination by that policy and does not wait for the bridge. A
 // denied destination is a *RefusedError (REP 0x02, Rule set) and nothing
-// is sent; an allowed one is returned as soon as its header is sent, and
-// the bridge's reply is read by the stream's first Read (or WriteTo),
-// which fails with a *RefusedError when the bridge refuses after all (its
-// policy changed, or the destination could not be dialled). A name, a
-// UDP association, or a bridge that does not advertise (an older one)
-// waits for the reply as Open does.
-func (k *Keeper) Start(ctx context.Context, h Header) (*Stream, error) {
-	return k.open(ctx, h, true)
+// is sent. For an allowed one Start calls g.Tell (which tells the
+// application, so that its first bytes come while the stream opens),
+// opens the stream, calls g.First for the application's first bytes,
+// sends them with the header (one frame), and returns the stream; an
+// error after g.Tell was called means the stream could not open after
+// all. The bridge's reply is read by the stream's first Read (or
+// WriteTo), which fails with a *RefusedError when the bridge refuses after
+// all (its policy changed, or the destination could not be dialled). A
+// name, a UDP association, or a bridge that does not advertise (an older
+// one) waits for the reply as Open does, and g is not used.
+func (k *Keeper) Start(ctx context.Context, h Header, g *Grant) (*Stream, error) {
+	return k.open(ctx, h, g)
 }
 
-func (k *Keeper) open(ctx context.Context, h Header, optimistic bool) (*Stream, error) {
+// Grant is how Start tells an application of an optimistic grant.
+type Grant struct {
+	Tell func() error // tells the application that its stream is open
+	// First returns the application's first bytes, if it sends some at
+	// once (nil: none), to go with the header.
+	First func() ([]byte, error)
+}
+
+func (k *Keeper) open(ctx context.Context, h Header, g *Grant) (*Stream, error) {
 	k.init()
 	hdr, err := AppendHeader(nil, h)
 	if err != nil {
@@ -279,26 +314,22 @@ func (k *Keeper) open(ctx context.Context, h Header, optimistic bool) (*Stream, 
 		if err != nil {
 			return nil, err
 		}
-		grant := false
-		if optimistic {
-			if grant, err = s.judge(ctx, wait.C, h); err != nil {
+		if g != nil {
+			ok, err := s.judge(ctx, wait.C, h)
+			if err != nil {
 				return nil, err
+			}
+			if ok {
+				if err := g.Tell(); err != nil {
+					return nil, err
+				}
+				return s.openGranted(hdr, g)
 			}
 		}
 		st, err := s.mux.OpenStream()
 		if err != nil {
 			s.mux.Close() // it broke meanwhile: try again, on a new session
 			continue
-		}
-		if grant {
-			if _, err := st.Write(hdr); err != nil {
-				st.Close()
-				if ctx.Err() == nil && !s.live() {
-					continue
-				}
-				return nil, fmt.Errorf("free: send the stream header: %w", err)
-			}
-			return &Stream{Stream: st, sess: s, granted: true}, nil
 		}
 		rep, err := k.handshake(ctx, st, hdr)
 		if err != nil {

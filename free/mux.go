@@ -91,10 +91,22 @@ func copyAdaptive(dst io.Writer, src io.Reader) (written int64, err error) {
 }
 
 // serverStream is a stream as the server pipes it to its destination:
-// smux's WriteTo one way, copyAdaptive the other.
-type serverStream struct{ *smux.Stream }
+// smux's WriteTo one way, copyAdaptive the other, whose bytes wait for
+// the reply (replied closed) to be written first.
+type serverStream struct {
+	*smux.Stream
+	replied <-chan struct{}
+}
 
-func (s serverStream) ReadFrom(r io.Reader) (int64, error) { return copyAdaptive(s.Stream, r) }
+func (s serverStream) ReadFrom(r io.Reader) (int64, error) {
+	<-s.replied
+	return copyAdaptive(s.Stream, r)
+}
+
+func (s serverStream) Write(b []byte) (int, error) {
+	<-s.replied
+	return s.Stream.Write(b)
+}
 
 // watchedConn is a session's connection; broken is closed at its first
 // read or write error. smux does not close a session whose connection

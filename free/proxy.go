@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,11 +68,24 @@ func (p *Proxy) Handle(ctx context.Context, conn net.Conn) {
 
 // connect carries one CONNECT through a stream.
 func (p *Proxy) connect(ctx context.Context, conn net.Conn, req *shim.ProxyRequest, log *slog.Logger) {
-	open := p.Keeper.Start
-	if p.Wait {
-		open = p.Keeper.Open
+	h := Header{Command: Connect, Dest: req.Dst}
+	granted := false
+	grant := func() error {
+		granted = true
+		return shim.ReplyBound(conn, shim.RepSucceeded, unbound)
 	}
-	st, err := open(ctx, Header{Command: Connect, Dest: req.Dst})
+	var st *Stream
+	var err error
+	if p.Wait {
+		st, err = p.Keeper.Open(ctx, h)
+	} else {
+		st, err = p.Keeper.Start(ctx, h, &Grant{Tell: grant, First: func() ([]byte, error) { return firstBytes(conn) }})
+	}
+	if err != nil && granted {
+		log.Info("CONNECT failed after it was granted: the application's connection is reset", "err", err)
+		(&resetOnBreak{app: conn}).reset()
+		return
+	}
 	if err != nil {
 		code := ReplyCode(err)
 		var re *RefusedError
@@ -83,11 +97,32 @@ func (p *Proxy) connect(ctx context.Context, conn net.Conn, req *shim.ProxyReque
 		shim.ReplyBound(conn, code, unbound)
 		return
 	}
-	if err := shim.ReplyBound(conn, shim.RepSucceeded, unbound); err != nil {
-		st.Close()
-		return
+	if !granted {
+		if err := grant(); err != nil {
+			st.Close()
+			return
+		}
 	}
 	shim.Pipe(ctx, conn, &resetOnBreak{stream: st, app: conn, log: log})
+}
+
+// firstWait bounds the wait for an application's first bytes after an
+// optimistic grant, to send them with the stream's header: a client that
+// speaks first sends them within a wake-up; one that waits for its server
+// (SMTP, SSH) loses this much once.
+const firstWait = time.Millisecond
+
+// firstBytes reads what the application sends at once after the SOCKS
+// reply, up to a small frame's worth; nothing within firstWait is nil.
+func firstBytes(conn net.Conn) ([]byte, error) {
+	buf := make([]byte, 4096)
+	conn.SetReadDeadline(time.Now().Add(firstWait))
+	n, err := conn.Read(buf)
+	conn.SetReadDeadline(time.Time{})
+	if err == io.EOF || errors.Is(err, os.ErrDeadlineExceeded) {
+		err = nil // the copy hears the EOF again
+	}
+	return buf[:n], err
 }
 
 // resetOnBreak is a stream as Pipe sees it: an error on it, or an end

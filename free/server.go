@@ -248,11 +248,17 @@ func (s *Server) connect(ctx context.Context, st *smux.Stream, dest shim.Addr, l
 		writeReply(st, ref.rep)
 		return
 	}
-	if err := writeReply(st, shim.RepSucceeded); err != nil {
-		out.Close()
-		return
-	}
-	if _, _, err := shim.Pipe(ctx, serverStream{st}, out); err != nil {
+	// The reply goes out while the client's first bytes (sent with the
+	// header, after an optimistic grant) already go on to the
+	// destination; the destination's bytes follow the reply.
+	replied := make(chan struct{})
+	go func() {
+		defer close(replied)
+		if err := writeReply(st, shim.RepSucceeded); err != nil {
+			st.Close()
+		}
+	}()
+	if _, _, err := shim.Pipe(ctx, serverStream{st, replied}, out); err != nil {
 		log.Debug("stream ended", "dest", s.show(dest), "err", err)
 	}
 }
