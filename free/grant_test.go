@@ -301,6 +301,18 @@ func TestAdvertWire(t *testing.T) {
 	}
 }
 
+// The example of docs/free.md.
+func TestAdvertExample(t *testing.T) {
+	b, err := AppendAdvert(nil, loopbackPolicy(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte{1, 0, 15, 0, 1, 127, 0, 0, 0, 8, 0, 0, 3, 1, 0, 0, 0, 0, 8, 0, 0}
+	if !bytes.HasPrefix(b, want) {
+		t.Errorf("advertisement % x, want it to start % x", b[:len(want)], want)
+	}
+}
+
 // FuzzReadAdvert: an advertisement ReadAdvert accepts encodes back to
 // exactly the bytes it read; it never panics, never reads past it.
 func FuzzReadAdvert(f *testing.F) {
