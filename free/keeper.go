@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -70,6 +71,89 @@ type clientSession struct {
 	conn     *watchedConn
 	done     chan struct{} // closed when the session has broken or been closed
 	answered atomic.Bool   // the bridge has replied to a stream header
+
+	advertised chan struct{} // closed once the bridge answered Advertise, or could not
+	advert     *Policy       // the bridge's policy, set before advertised closes; nil: none
+}
+
+// judge waits for the bridge's advertisement, then says whether h can be
+// granted before the bridge replies, or refuses it by the advertised
+// policy.
+func (s *clientSession) judge(ctx context.Context, wait <-chan time.Time, h Header) (bool, error) {
+	if h.Command != Connect || h.Dest.Name != "" {
+		return false, nil // a name is resolved, and judged, on the bridge
+	}
+	select {
+	case <-s.advertised:
+	case <-s.done:
+		return false, nil // the handshake fails, and Open tries a new session
+	case <-ctx.Done():
+		return false, fmt.Errorf("free: waiting for the bridge's policy: %w", context.Cause(ctx))
+	case <-wait:
+		return false, errors.New("free: no policy from the bridge")
+	}
+	if s.advert == nil {
+		return false, nil
+	}
+	d := s.advert.Check(h.Dest.IP, h.Dest.Port)
+	if !d.Allowed {
+		return false, &RefusedError{Rep: shim.RepNotAllowed, Rule: d.Rule}
+	}
+	return true, nil
+}
+
+// openGranted opens a stream granted before the bridge replies and sends
+// its header with the application's first bytes.
+func (s *clientSession) openGranted(hdr []byte, g *Grant) (*Stream, error) {
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		s.mux.Close()
+		return nil, fmt.Errorf("free: open a stream: %w", err)
+	}
+	if g.First != nil {
+		first, err := g.First()
+		if err != nil {
+			st.Close()
+			return nil, err
+		}
+		hdr = append(hdr, first...)
+	}
+	if _, err := st.Write(hdr); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("free: send the stream header: %w", err)
+	}
+	return &Stream{Stream: st, sess: s, granted: true}, nil
+}
+
+// fetchAdvert asks the bridge for its policy, then closes s.advertised.
+func (k *Keeper) fetchAdvert(s *clientSession) {
+	defer close(s.advertised)
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return
+	}
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(k.ReplyTimeout))
+	hdr, _ := AppendHeader(nil, Header{Command: Advertise})
+	if _, err := st.Write(hdr); err != nil {
+		return
+	}
+	rep, err := readReply(st)
+	if err != nil {
+		return
+	}
+	s.answered.Store(true)
+	if rep != shim.RepSucceeded {
+		k.log.Info("the bridge does not advertise its policy: each stream waits for the bridge's reply", "socks_reply", rep)
+		return
+	}
+	p, err := ReadAdvert(st)
+	if err != nil {
+		k.log.Warn("the bridge's policy advertisement does not parse: each stream waits for the bridge's reply", "err", err)
+		return
+	}
+	s.advert = p
+	k.log.Debug("the bridge advertised its policy", "rules", len(p.Rules))
 }
 
 func (k *Keeper) init() {
@@ -101,6 +185,46 @@ func (k *Keeper) init() {
 type Stream struct {
 	*smux.Stream
 	sess *clientSession
+	// granted: the stream was granted before the bridge replied
+	// (Keeper.Start); its reply is still to be read, by the first Read
+	// or WriteTo, which fail with a *RefusedError when it refuses.
+	granted bool
+}
+
+// Read reads the stream's bytes, after the bridge's reply to an
+// optimistic grant.
+func (s *Stream) Read(b []byte) (int, error) {
+	if err := s.reply(); err != nil {
+		return 0, err
+	}
+	return s.Stream.Read(b)
+}
+
+// WriteTo writes the stream's bytes to w (smux's, without a copy), after
+// the bridge's reply to an optimistic grant.
+func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+	if err := s.reply(); err != nil {
+		return 0, err
+	}
+	return s.Stream.WriteTo(w)
+}
+
+// reply reads the bridge's reply to a granted stream, once; it is called
+// from the stream's one reader.
+func (s *Stream) reply() error {
+	if !s.granted {
+		return nil
+	}
+	s.granted = false
+	rep, err := readReply(s.Stream)
+	if err != nil {
+		return err
+	}
+	s.sess.answered.Store(true)
+	if rep != shim.RepSucceeded {
+		return &RefusedError{Rep: rep, Granted: true}
+	}
+	return nil
 }
 
 // Broken is closed once the stream's session has broken or closed.
@@ -109,11 +233,27 @@ func (s *Stream) Broken() <-chan struct{} { return s.sess.done }
 // broke reports whether the session can no longer carry the stream.
 func (s *Stream) broke() bool { return !s.sess.live() }
 
-// RefusedError is the server's non-zero reply to a stream header.
-type RefusedError struct{ Rep byte }
+// RefusedError is the server's non-zero reply to a stream header, or the
+// client's refusal under the bridge's advertised policy.
+type RefusedError struct {
+	Rep byte
+	// Rule, when set: the client refused the stream itself, by this rule
+	// of the bridge's advertised policy, and sent nothing.
+	Rule string
+	// Granted: the refusal came after an optimistic grant, from a Read of
+	// the stream; the application had been told the CONNECT succeeded.
+	Granted bool
+}
 
 func (e *RefusedError) Error() string {
-	return "free: the server refused the stream: " + (&shim.ReplyError{Code: e.Rep}).Error()
+	if e.Rule != "" {
+		return "free: refused by " + e.Rule + " (advertised; refused on the client): " + (&shim.ReplyError{Code: e.Rep}).Error()
+	}
+	what := "the server refused the stream"
+	if e.Granted {
+		what = "the server refused a stream already granted"
+	}
+	return "free: " + what + ": " + (&shim.ReplyError{Code: e.Rep}).Error()
 }
 
 // ReplyCode is the SOCKS5 reply for an application whose stream could not
@@ -130,6 +270,36 @@ func ReplyCode(err error) byte {
 // there is none), and returns it once the server accepted it; a refusal
 // is a *RefusedError.
 func (k *Keeper) Open(ctx context.Context, h Header) (*Stream, error) {
+	return k.open(ctx, h, nil)
+}
+
+// Start is Open with an optimistic grant: when the session's bridge
+// advertised its policy and h is a Connect to an IP address, Start judges
+// the destination by that policy and does not wait for the bridge. A
+// denied destination is a *RefusedError (REP 0x02, Rule set) and nothing
+// is sent. For an allowed one Start calls g.Tell (which tells the
+// application, so that its first bytes come while the stream opens),
+// opens the stream, calls g.First for the application's first bytes,
+// sends them with the header (one frame), and returns the stream; an
+// error after g.Tell was called means the stream could not open after
+// all. The bridge's reply is read by the stream's first Read (or
+// WriteTo), which fails with a *RefusedError when the bridge refuses after
+// all (its policy changed, or the destination could not be dialled). A
+// name, a UDP association, or a bridge that does not advertise (an older
+// one) waits for the reply as Open does, and g is not used.
+func (k *Keeper) Start(ctx context.Context, h Header, g *Grant) (*Stream, error) {
+	return k.open(ctx, h, g)
+}
+
+// Grant is how Start tells an application of an optimistic grant.
+type Grant struct {
+	Tell func() error // tells the application that its stream is open
+	// First returns the application's first bytes, if it sends some at
+	// once (nil: none), to go with the header.
+	First func() ([]byte, error)
+}
+
+func (k *Keeper) open(ctx context.Context, h Header, g *Grant) (*Stream, error) {
 	k.init()
 	hdr, err := AppendHeader(nil, h)
 	if err != nil {
@@ -143,6 +313,18 @@ func (k *Keeper) Open(ctx context.Context, h Header) (*Stream, error) {
 		s, err := k.session(ctx, wait.C)
 		if err != nil {
 			return nil, err
+		}
+		if g != nil {
+			ok, err := s.judge(ctx, wait.C, h)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				if err := g.Tell(); err != nil {
+					return nil, err
+				}
+				return s.openGranted(hdr, g)
+			}
 		}
 		st, err := s.mux.OpenStream()
 		if err != nil {
@@ -297,8 +479,9 @@ func (k *Keeper) newSession(conn net.Conn) (*clientSession, error) {
 		conn.Close()
 		return nil, err
 	}
-	s := &clientSession{mux: mux, conn: wc, done: make(chan struct{})}
+	s := &clientSession{mux: mux, conn: wc, done: make(chan struct{}), advertised: make(chan struct{})}
 	k.wg.Go(func() { k.watch(s) })
+	k.wg.Go(func() { k.fetchAdvert(s) })
 	return s, nil
 }
 

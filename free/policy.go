@@ -78,6 +78,10 @@ var builtinDeny = func() []Rule {
 // IPv4.
 type Policy struct {
 	Rules []Rule // the operator's, from ParseRule
+
+	// complete: Rules hold the built-in ones too (a bridge's advertised
+	// policy, ReadAdvert), which builtinDeny then does not add to.
+	complete bool
 }
 
 // Decision is a Policy's verdict on one destination.
@@ -115,7 +119,9 @@ func (p *Policy) Check(ip netip.Addr, port uint16) Decision {
 	if p != nil {
 		consider(p.Rules)
 	}
-	consider(builtinDeny)
+	if p == nil || !p.complete {
+		consider(builtinDeny)
+	}
 	if best == nil {
 		return Decision{Allowed: true}
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,13 @@ type Proxy struct {
 	Check          func(user, pass []byte) bool
 	RequestTimeout time.Duration // bound on reading a request; 0: shim.DefaultRequestTimeout
 	Logger         *slog.Logger  // nil: slog.Default()
+	// Wait: every CONNECT waits for the bridge's reply before the SOCKS
+	// reply (Keeper.Open), so that the application hears the bridge's
+	// exact reply code. By default a CONNECT to an IP address that the
+	// bridge's advertised policy allows is granted at once (Keeper.Start),
+	// and a failure to reach it later resets the application's
+	// connection.
+	Wait bool
 }
 
 func (p *Proxy) logger() *slog.Logger {
@@ -60,18 +68,61 @@ func (p *Proxy) Handle(ctx context.Context, conn net.Conn) {
 
 // connect carries one CONNECT through a stream.
 func (p *Proxy) connect(ctx context.Context, conn net.Conn, req *shim.ProxyRequest, log *slog.Logger) {
-	st, err := p.Keeper.Open(ctx, Header{Command: Connect, Dest: req.Dst})
+	h := Header{Command: Connect, Dest: req.Dst}
+	granted := false
+	grant := func() error {
+		granted = true
+		return shim.ReplyBound(conn, shim.RepSucceeded, unbound)
+	}
+	var st *Stream
+	var err error
+	if p.Wait {
+		st, err = p.Keeper.Open(ctx, h)
+	} else {
+		st, err = p.Keeper.Start(ctx, h, &Grant{Tell: grant, First: func() ([]byte, error) { return firstBytes(conn) }})
+	}
+	if err != nil && granted {
+		log.Info("CONNECT failed after it was granted: the application's connection is reset", "err", err)
+		(&resetOnBreak{app: conn}).reset()
+		return
+	}
 	if err != nil {
 		code := ReplyCode(err)
-		log.Info("CONNECT failed", "err", err, "socks_reply", code)
+		var re *RefusedError
+		if errors.As(err, &re) && re.Rule != "" {
+			log.Warn("destination refused by policy (the bridge's, as it advertised it: refused here)", "why", re.Rule, "socks_reply", code)
+		} else {
+			log.Info("CONNECT failed", "err", err, "socks_reply", code)
+		}
 		shim.ReplyBound(conn, code, unbound)
 		return
 	}
-	if err := shim.ReplyBound(conn, shim.RepSucceeded, unbound); err != nil {
-		st.Close()
-		return
+	if !granted {
+		if err := grant(); err != nil {
+			st.Close()
+			return
+		}
 	}
-	shim.Pipe(ctx, conn, &resetOnBreak{stream: st, app: conn})
+	shim.Pipe(ctx, conn, &resetOnBreak{stream: st, app: conn, log: log})
+}
+
+// firstWait bounds the wait for an application's first bytes after an
+// optimistic grant, to send them with the stream's header: a client that
+// speaks first sends them within a wake-up; one that waits for its server
+// (SMTP, SSH) loses this much once.
+const firstWait = time.Millisecond
+
+// firstBytes reads what the application sends at once after the SOCKS
+// reply, up to a small frame's worth; nothing within firstWait is nil.
+func firstBytes(conn net.Conn) ([]byte, error) {
+	buf := make([]byte, 4096)
+	conn.SetReadDeadline(time.Now().Add(firstWait))
+	n, err := conn.Read(buf)
+	conn.SetReadDeadline(time.Time{})
+	if err == io.EOF || errors.Is(err, os.ErrDeadlineExceeded) {
+		err = nil // the copy hears the EOF again
+	}
+	return buf[:n], err
 }
 
 // resetOnBreak is a stream as Pipe sees it: an error on it, or an end
@@ -81,6 +132,7 @@ func (p *Proxy) connect(ctx context.Context, conn net.Conn, req *shim.ProxyReque
 type resetOnBreak struct {
 	stream *Stream
 	app    net.Conn
+	log    *slog.Logger
 }
 
 var errBroke = errors.New("free: the session broke")
@@ -91,15 +143,47 @@ func (r *resetOnBreak) Read(b []byte) (int, error) {
 		err = errBroke
 	}
 	if err != nil && err != io.EOF {
-		r.reset()
+		r.fail(err)
 	}
 	return n, err
+}
+
+// WriteTo keeps smux's WriteTo, which writes the session's buffers to w
+// without copying them first.
+func (r *resetOnBreak) WriteTo(w io.Writer) (int64, error) {
+	n, err := r.stream.WriteTo(w)
+	if err == nil && r.stream.broke() {
+		err = errBroke
+	}
+	if err != nil {
+		r.fail(err)
+	}
+	return n, err
+}
+
+// ReadFrom writes r's bytes to the stream through copyAdaptive's
+// buffers (io.Copy's are 32 KiB: a frame each, half full).
+func (r *resetOnBreak) ReadFrom(src io.Reader) (int64, error) {
+	return copyAdaptive(writeOnly{r}, src) // r.Write resets on a failed write
+}
+
+type writeOnly struct{ io.Writer }
+
+// fail resets the application's connection, and says so when the bridge
+// refused a stream that had been granted.
+func (r *resetOnBreak) fail(err error) {
+	var re *RefusedError
+	if errors.As(err, &re) && re.Granted {
+		r.log.Info("CONNECT refused by the bridge after it was granted: the application's connection is reset",
+			"err", err, "socks_reply", re.Rep)
+	}
+	r.reset()
 }
 
 func (r *resetOnBreak) Write(b []byte) (int, error) {
 	n, err := r.stream.Write(b)
 	if err != nil {
-		r.reset()
+		r.fail(err)
 	}
 	return n, err
 }

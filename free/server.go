@@ -52,6 +52,10 @@ type Server struct {
 	once     sync.Once
 	sessions atomic.Int64 // open now
 	streams  atomic.Int64 // open now, every session
+
+	advertOnce sync.Once
+	advert     []byte // the answer to Advertise: 01 00 and the advertisement
+	advertErr  error
 }
 
 func (s *Server) init() {
@@ -162,7 +166,27 @@ func (s *Server) stream(ctx context.Context, st *smux.Stream, log *slog.Logger) 
 		s.connect(ctx, st, h.Dest, log)
 	case UDP:
 		s.udp(ctx, st, log)
+	case Advertise:
+		s.advertise(st, log)
 	}
+}
+
+// advertise answers a client's Advertise: 01 00 and the policy, so that
+// the client can refuse what the policy denies and grant the rest
+// without waiting for a reply (the bridge still judges every stream).
+func (s *Server) advertise(st *smux.Stream, log *slog.Logger) {
+	s.advertOnce.Do(func() {
+		s.advert, s.advertErr = AppendAdvert([]byte{version, shim.RepSucceeded}, s.Policy)
+		if s.advertErr != nil {
+			log.Warn("the policy is not advertised: clients wait for each stream's reply", "err", s.advertErr)
+		}
+	})
+	if s.advertErr != nil {
+		writeReply(st, shim.RepCommandNotSupported)
+		return
+	}
+	st.SetWriteDeadline(time.Now().Add(s.HeaderTimeout))
+	st.Write(s.advert)
 }
 
 // show is how the log names a destination.
@@ -224,11 +248,17 @@ func (s *Server) connect(ctx context.Context, st *smux.Stream, dest shim.Addr, l
 		writeReply(st, ref.rep)
 		return
 	}
-	if err := writeReply(st, shim.RepSucceeded); err != nil {
-		out.Close()
-		return
-	}
-	if _, _, err := shim.Pipe(ctx, st, out); err != nil {
+	// The reply goes out while the client's first bytes (sent with the
+	// header, after an optimistic grant) already go on to the
+	// destination; the destination's bytes follow the reply.
+	replied := make(chan struct{})
+	go func() {
+		defer close(replied)
+		if err := writeReply(st, shim.RepSucceeded); err != nil {
+			st.Close()
+		}
+	}()
+	if _, _, err := shim.Pipe(ctx, serverStream{st, replied}, out); err != nil {
 		log.Debug("stream ended", "dest", s.show(dest), "err", err)
 	}
 }

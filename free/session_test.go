@@ -202,17 +202,19 @@ func TestSessionPolicy(t *testing.T) {
 		policy *Policy
 		dest   string
 		rep    byte
+		wait   bool // Proxy.Wait: the bridge's own reply
 	}{
-		{"default: loopback", nil, echo, shim.RepNotAllowed},
-		{"default: 10/8", nil, "10.1.2.3:80", shim.RepNotAllowed},
-		{"default: a name of loopback", nil, "localhost:" + port(echo), shim.RepNotAllowed},
-		{"allowed loopback", loopbackPolicy(t), echo, shim.RepSucceeded},
-		{"allowed loopback, still not 10/8", loopbackPolicy(t), "10.1.2.3:80", shim.RepNotAllowed},
-		{"a name that does not resolve", loopbackPolicy(t), "no-such-name.invalid:80", shim.RepHostUnreachable},
-		{"nothing listens", loopbackPolicy(t), "127.0.0.1:1", shim.RepConnectionRefused},
+		{"default: loopback", nil, echo, shim.RepNotAllowed, false},
+		{"default: 10/8", nil, "10.1.2.3:80", shim.RepNotAllowed, false},
+		{"default: a name of loopback", nil, "localhost:" + port(echo), shim.RepNotAllowed, false},
+		{"allowed loopback", loopbackPolicy(t), echo, shim.RepSucceeded, false},
+		{"allowed loopback, still not 10/8", loopbackPolicy(t), "10.1.2.3:80", shim.RepNotAllowed, false},
+		{"a name that does not resolve", loopbackPolicy(t), "no-such-name.invalid:80", shim.RepHostUnreachable, false},
+		{"nothing listens", loopbackPolicy(t), "127.0.0.1:1", shim.RepConnectionRefused, true},
+		{"the bridge's own refusal", nil, echo, shim.RepNotAllowed, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newRig(t, &Server{Policy: tc.policy}, nil)
+			r := newRig(t, &Server{Policy: tc.policy}, func(_ *Keeper, p *Proxy) { p.Wait = tc.wait })
 			conn, err := shim.DialSOCKS5(context.Background(), r.proxy, tc.dest, nil, nil)
 			var re *shim.ReplyError
 			switch {

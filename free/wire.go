@@ -19,6 +19,10 @@ type Command struct{ code byte }
 var (
 	Connect = Command{0x01} // a TCP connection to the header's destination
 	UDP     = Command{0x03} // a UDP association: the stream carries frames
+	// Advertise asks the bridge for its destination policy (advert.go);
+	// the code is outside RFC 1928's, which an older bridge refuses with
+	// REP 0x07.
+	Advertise = Command{0x80}
 )
 
 func (c Command) String() string {
@@ -27,6 +31,8 @@ func (c Command) String() string {
 		return "connect"
 	case UDP:
 		return "udp"
+	case Advertise:
+		return "advertise"
 	}
 	return fmt.Sprintf("command 0x%02x", c.code)
 }
@@ -49,7 +55,7 @@ type Header struct {
 
 // AppendHeader appends h's encoding to b:
 //
-//	VER (0x01) | CMD (0x01 connect, 0x03 udp) [| ATYP | DST.ADDR | DST.PORT]
+//	VER (0x01) | CMD (0x01 connect, 0x03 udp, 0x80 advertise) [| ATYP | DST.ADDR | DST.PORT]
 //
 // with the destination, for Connect only, encoded as RFC 1928 section 5
 // addresses are (shim.AppendAddr).
@@ -57,7 +63,7 @@ func AppendHeader(b []byte, h Header) ([]byte, error) {
 	switch h.Command {
 	case Connect:
 		return shim.AppendAddr(append(b, version, h.Command.code), h.Dest)
-	case UDP:
+	case UDP, Advertise:
 		return append(b, version, h.Command.code), nil
 	}
 	return b, fmt.Errorf("%w: %v", ErrCommand, h.Command)
@@ -82,7 +88,7 @@ func ReadHeader(r io.Reader) (Header, error) {
 			return Header{}, fmt.Errorf("free: stream header's destination: %w", err)
 		}
 		h.Dest = dest
-	case UDP:
+	case UDP, Advertise:
 	default:
 		return Header{}, fmt.Errorf("%w 0x%02x", ErrCommand, b[1])
 	}

@@ -272,27 +272,31 @@ func TestFreeUDP(t *testing.T) {
 }
 
 // Acceptance 3: the default policy refuses loopback and 10.0.0.0/8 with
-// SOCKS reply 0x02 and a log line on the bridge; --allow 127.0.0.0/8
-// opens loopback only; --deny closes what it names.
+// SOCKS reply 0x02 and a log line (on the client, which refuses an IP
+// address by the policy the bridge advertised, or, for a name or with
+// --proxy-wait, on the bridge); --allow 127.0.0.0/8 opens loopback only;
+// --deny closes what it names.
 func TestFreePolicy(t *testing.T) {
 	echo := echoServer(t)
 	_, echoPort, _ := net.SplitHostPort(echo)
 	s := freeSetups()["testpt"]
 	for _, tc := range []struct {
-		name    string
-		flags   []string
-		dest    string
-		refused bool
+		name     string
+		flags    []string
+		dest     string
+		refused  bool
+		cliFlags []string
 	}{
-		{"default: 127.0.0.1", nil, echo, true},
-		{"default: localhost", nil, "localhost:" + echoPort, true},
-		{"default: 10.0.0.0/8", nil, "10.1.2.3:80", true},
-		{"--allow 127.0.0.0/8: 127.0.0.1", []string{"--allow", "127.0.0.0/8"}, echo, false},
-		{"--allow 127.0.0.0/8: 10.0.0.0/8", []string{"--allow", "127.0.0.0/8"}, "10.1.2.3:80", true},
-		{"--allow 127.0.0.0/8 --deny the port", []string{"--allow", "127.0.0.0/8", "--deny", "127.0.0.1:" + echoPort}, echo, true},
+		{"default: 127.0.0.1", nil, echo, true, nil},
+		{"default: localhost", nil, "localhost:" + echoPort, true, nil},
+		{"default: 10.0.0.0/8", nil, "10.1.2.3:80", true, nil},
+		{"default, --proxy-wait: 127.0.0.1", nil, echo, true, []string{"--proxy-wait"}},
+		{"--allow 127.0.0.0/8: 127.0.0.1", []string{"--allow", "127.0.0.0/8"}, echo, false, nil},
+		{"--allow 127.0.0.0/8: 10.0.0.0/8", []string{"--allow", "127.0.0.0/8"}, "10.1.2.3:80", true, nil},
+		{"--allow 127.0.0.0/8 --deny the port", []string{"--allow", "127.0.0.0/8", "--deny", "127.0.0.1:" + echoPort}, echo, true, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := startFree(t, s, tc.flags, nil)
+			r := startFree(t, s, tc.flags, tc.cliFlags)
 			ctx, cancel := context.WithTimeout(context.Background(), eventCeiling)
 			defer cancel()
 			conn, err := shim.DialSOCKS5(ctx, r.proxy, tc.dest, nil, nil)
@@ -309,8 +313,15 @@ func TestFreePolicy(t *testing.T) {
 			if !errors.As(err, &re) || re.Code != shim.RepNotAllowed {
 				t.Fatalf("CONNECT %s: %v, want SOCKS reply 0x02", tc.dest, err)
 			}
-			waitFor(t, "the bridge's log line", eventCeiling, func() bool {
-				return strings.Contains(r.srvLog.String(), "destination refused by policy")
+			// The bridge judges a name, and every destination with
+			// --proxy-wait; the client an IP address, by the policy the
+			// bridge advertised, and the bridge hears nothing of it.
+			where, log := "the client's", r.cliLog
+			if strings.HasPrefix(tc.dest, "localhost") || len(tc.cliFlags) > 0 {
+				where, log = "the bridge's", r.srvLog
+			}
+			waitFor(t, where+" log line", eventCeiling, func() bool {
+				return strings.Contains(log.String(), "destination refused by policy")
 			})
 		})
 	}

@@ -48,6 +48,7 @@ func main() {
 			&cli.StringSliceFlag{Name: "tunnel", Category: "Standalone (without tor)", Usage: "a plain TCP listener whose connections go through a chain to a bridge: `ADDR=ALIAS@BRIDGE` (repeatable)"},
 			&cli.StringSliceFlag{Name: "proxy", Category: "Standalone (without tor)", Usage: "a SOCKS5 proxy for any destination (CONNECT and UDP ASSOCIATE) whose streams all go through one chained connection to a bridge run with --free: `ADDR=ALIAS@BRIDGE` (repeatable; see docs/free.md)"},
 			&cli.StringFlag{Name: "proxy-auth", Category: "Standalone (without tor)", Usage: "require RFC 1929 username/password on every --proxy, from `FILE` (USER:PASSWORD lines)"},
+			&cli.BoolFlag{Name: "proxy-wait", Category: "Standalone (without tor)", Usage: "every --proxy CONNECT waits for the bridge's reply, so that the application gets the bridge's exact SOCKS reply code (by default one to an IP address the bridge's advertised policy allows is granted at once, and a failure to reach it resets the connection)"},
 			&cli.DurationFlag{Name: "session-wait", Category: "Standalone (without tor)", Value: free.DefaultSessionWait, Usage: "bound on a --proxy stream's wait for a session to the bridge"},
 			&cli.StringSliceFlag{Name: "args", Category: "Standalone (without tor)", Usage: "a tunnel's or proxy's per-hop arguments: `ALIAS=K=V;K=V`, e.g. obfs3_obfs4='1.cert=...;1.iat-mode=0'"},
 			&cli.StringFlag{Name: "state-dir", Category: "Standalone (without tor)", Usage: "`DIR` for the PT programs' state (default: a temporary directory)"},

@@ -68,6 +68,9 @@ func runStandalone(c *cli.Context) error {
 	if c.String("proxy-auth") != "" && len(proxies) == 0 {
 		return errors.New("--proxy-auth without --proxy")
 	}
+	if c.Bool("proxy-wait") && len(proxies) == 0 {
+		return errors.New("--proxy-wait without --proxy")
+	}
 	log, closer, err := runner.Logger(c, false)
 	if err != nil {
 		return err
@@ -163,7 +166,7 @@ func runStandalone(c *cli.Context) error {
 			SessionWait: c.Duration("session-wait"),
 		}
 		keepers = append(keepers, k)
-		p := &free.Proxy{Keeper: k, Check: check, RequestTimeout: c.Duration("socks-timeout"), Logger: log}
+		p := &free.Proxy{Keeper: k, Check: check, RequestTimeout: c.Duration("socks-timeout"), Logger: log, Wait: c.Bool("proxy-wait")}
 		serving.Go(func() { srv.ServeFunc(ln, p.Handle) })
 		fmt.Printf("PROXY %s %s -> %s\n", t.alias, ln.Addr(), t.bridge)
 	}
