@@ -916,6 +916,10 @@ type serverConn struct {
 	// connection (closing it ends the client's session there).
 	public *net.TCPConn
 	watch  connWatch // for the Observer
+
+	// tor is the stream towards tor, begun once the walk reached the
+	// innermost hop (nil before, or when it goes elsewhere).
+	tor *torLeg
 }
 
 // handlePublic takes a client's connection on a chain's public listener and
@@ -1013,9 +1017,21 @@ func (s *Server) arrive(child *serverChild, meta extorport.Meta, conn *net.TCPCo
 // back (handleExt).
 func (s *Server) next(c *serverConn, pos int, conn net.Conn) {
 	for ; pos >= 0; pos-- {
+		if pos == 0 && c.tor == nil {
+			// tor's leg overlaps the innermost hop's handshake; this
+			// goroutine carries the hop (or goes on to toTor) until the
+			// connection ends, and closes the leg if it was never taken.
+			s.newTorLeg(c)
+			if c.tor != nil {
+				defer c.tor.abandon()
+			}
+		}
 		if c.chain.hops[pos].child != nil {
 			s.forward(c, pos, conn)
 			return
+		}
+		if pos == 0 && c.tor != nil {
+			c.tor.begin()
 		}
 		var ok bool
 		if conn, ok = s.unwrap(c, pos, conn); !ok {
@@ -1087,7 +1103,11 @@ func (s *Server) forward(c *serverConn, pos int, up net.Conn) {
 	defer s.stamps.Drop(st)
 	arrival := time.AfterFunc(s.opt.ArrivalTimeout, func() { s.neverArrived(c, pos, st, up, down) })
 	defer arrival.Stop()
-	shim.Pipe(s.ctx, up, down)
+	var sent shim.Progress
+	if pos == 0 && c.tor != nil {
+		sent = func(int64) { c.tor.begin() } // the client's first bytes are in the innermost child
+	}
+	shim.PipeProgress(s.ctx, up, down, sent, nil)
 }
 
 // neverArrived ends a chain connection whose dial into position pos's child
@@ -1176,7 +1196,14 @@ func (s *Server) toTor(c *serverConn, conn net.Conn) {
 		s.opt.Streams(s.ctx, s.counted(c, conn), c.chain.alias, c.client)
 		return
 	}
-	tor, release, err := s.dialTor(c)
+	var tor *net.TCPConn
+	var release func()
+	var err error
+	if c.tor != nil {
+		tor, release, err = c.tor.take()
+	} else {
+		tor, release, err = s.dialTor(c)
+	}
 	if err != nil {
 		s.torFailed(c, err)
 		msg := "cannot reach tor (or the --forward service)"
