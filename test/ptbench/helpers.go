@@ -24,6 +24,7 @@ import (
 //	ptbench relay-client         the reference relay, client side
 //	ptbench relay-server         the reference relay, server side
 //	ptbench floor METHOD SIZE N  one in-process transport alone (inproc.go)
+//	ptbench engines CHAIN ...    the in-process engines, profiled (profile.go)
 //
 // Each prints its addresses on stdout and exits when its stdin closes.
 func helperMain(mode string, args []string) {
@@ -37,6 +38,8 @@ func helperMain(mode string, args []string) {
 		err = runRelayServer(os.Stdin, args)
 	case "floor":
 		err = runFloor(args)
+	case "engines":
+		err = runEngines(args)
 	default:
 		err = fmt.Errorf("unknown mode %q", mode)
 	}

@@ -49,7 +49,13 @@ func parseInproc(s string) ([][]string, error) {
 // hopPTs (innermost first) of in-process transports (--builtin): the two
 // processes are the whole chain.
 func (e *env) startInProcess(hopPTs []string, sinkExt, cookie string) (*topology, error) {
-	t := &topology{kind: "e", pt: hopPTs[0], hops: len(hopPTs), hopPTs: hopPTs}
+	return e.startInProcessFrom(e.binDir, "", hopPTs, sinkExt, cookie)
+}
+
+// startInProcessFrom is startInProcess with the combiners of binDir, named
+// build in the table.
+func (e *env) startInProcessFrom(binDir, build string, hopPTs []string, sinkExt, cookie string) (*topology, error) {
+	t := &topology{kind: "e", pt: hopPTs[0], hops: len(hopPTs), hopPTs: hopPTs, build: build}
 	var methods []string
 	for _, m := range hopPTs {
 		if !slices.Contains(methods, m) {
@@ -58,7 +64,7 @@ func (e *env) startInProcess(hopPTs []string, sinkExt, cookie string) (*topology
 	}
 	alias := "in_" + strings.Join(hopPTs, "_")
 	flags := []string{"--builtin", strings.Join(methods, ","), "--chain", alias + "=" + t.chain()}
-	if err := e.startPair(t, e.binDir, flags, alias, nil, sinkExt, cookie); err != nil {
+	if err := e.startPair(t, binDir, flags, alias, nil, sinkExt, cookie); err != nil {
 		return nil, err
 	}
 	// No splice point: each combiner carries the bytes through its
@@ -83,7 +89,7 @@ func measureFloor(method string, p params) (*topology, *result, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, err := fmt.Sscan(line, &r.single, &r.multi, &r.cpuAll, &r.gib); err != nil {
+	if _, err := fmt.Sscan(line, &r.single, &r.multi, &r.cpuAll, &r.gib, &r.p50); err != nil {
 		return nil, nil, fmt.Errorf("floor %s said %q: %w", method, line, err)
 	}
 	return t, r, nil
@@ -94,8 +100,9 @@ func measureFloor(method string, p params) (*topology, *result, error) {
 // package transport, and carries the streams the chains carry (4 rounds of
 // one stream of SIZE/4 bytes each way, then STREAMS sharing as many),
 // echoed by the server; then it prints "FLOOR" with the single and
-// aggregate MB/s each way, its own CPU seconds while the streams ran and
-// the GiB they moved (both ways).
+// aggregate MB/s each way, its own CPU seconds while the streams ran, the
+// GiB they moved (both ways) and the median of 51 setups (the dial, up to
+// the end of the client's handshake) in nanoseconds.
 func runFloor(args []string) error {
 	if len(args) != 3 {
 		return errors.New("usage: floor METHOD SIZE STREAMS")
@@ -123,6 +130,18 @@ func runFloor(args []string) error {
 		}
 		c.Close()
 	}
+	// Setup: each connection's handshake alone, one after another.
+	lat := make([]time.Duration, 0, 51)
+	for k := 0; k < cap(lat); k++ {
+		start := time.Now()
+		c, err := dial()
+		if err != nil {
+			return fmt.Errorf("floor %s: setup: %w", method, err)
+		}
+		lat = append(lat, time.Since(start))
+		c.Close()
+	}
+	slices.Sort(lat)
 	const rounds = 4
 	part := size / rounds
 	var single, multi time.Duration
@@ -140,8 +159,8 @@ func runFloor(args []string) error {
 		multi += d
 		cpu += procstat.CPUSeconds(os.Getpid()) - c0
 	}
-	fmt.Printf("FLOOR %f %f %f %f\n", float64(part*rounds)/single.Seconds()/1e6, float64(part*rounds)/multi.Seconds()/1e6,
-		cpu, float64(4*part*rounds)/(1<<30))
+	fmt.Printf("FLOOR %f %f %f %f %d\n", float64(part*rounds)/single.Seconds()/1e6, float64(part*rounds)/multi.Seconds()/1e6,
+		cpu, float64(4*part*rounds)/(1<<30), lat[len(lat)/2])
 	io.Copy(io.Discard, os.Stdin)
 	return nil
 }
@@ -225,7 +244,11 @@ func inprocRatios(rows []row) {
 // inprocBlock prints one in-process chain's acceptance lines.
 func inprocBlock(e, c *row, floors map[string]*row) {
 	a := e.r
-	fmt.Printf("(e) %s: %d processes (%d children)", e.t.chain(), a.procs, max(0, a.procs-2))
+	label := e.t.chain()
+	if e.t.build != "" {
+		label += " (" + e.t.build + " build)"
+	}
+	fmt.Printf("(e) %s: %d processes (%d children)", label, a.procs, max(0, a.procs-2))
 	if a.gib > 0 {
 		fmt.Printf("; ptcombiner-client %.2f + ptcombiner-server %.2f CPU s per GiB each way",
 			a.cpuClient/(a.gib/2), a.cpuServer/(a.gib/2))
@@ -275,6 +298,18 @@ func inprocBlock(e, c *row, floors map[string]*row) {
 	if floor > 0 {
 		fmt.Printf("    %-22s the floor is %s\n", "", strings.Join(parts, " + "))
 	}
+	// For orientation: the hops' own handshakes, each alone, no target.
+	var setup time.Duration
+	var setups []string
+	for _, h := range e.t.hopPTs {
+		if f := floors[h]; f != nil {
+			setup += f.r.p50
+			setups = append(setups, fmt.Sprintf("%s %.2f", h, ms(f.r.p50)))
+		}
+	}
+	if len(setups) == len(e.t.hopPTs) && setup > 0 {
+		fmt.Printf("    %-22s %9.2f ms     the hops' own setups alone (g): %s; no target\n", "setup p50 floor", ms(setup), strings.Join(setups, " + "))
+	}
 }
 
 // chainCPU is the CPU seconds per GiB each way of every process of the
@@ -317,12 +352,11 @@ func measureInproc(e *env, p params, refs []string, done map[string]bool, measur
 			}
 			group = append(group, t)
 		}
-		t, err := e.startInProcess(c, e.sinkExt, e.cookie)
+		group, err := e.addInProcess(group, c)
 		if err != nil {
-			closeGroup(group)
 			return err
 		}
-		if err := measure(append(group, t)); err != nil {
+		if err := measure(group); err != nil {
 			return err
 		}
 	}
@@ -335,4 +369,23 @@ func measureInproc(e *env, p params, refs []string, done map[string]bool, measur
 		add(row{t, r})
 	}
 	return nil
+}
+
+// addInProcess adds the in-process chain c to group, and c from the -other
+// build when there is one; on error it closes the group.
+func (e *env) addInProcess(group []*topology, c []string) ([]*topology, error) {
+	t, err := e.startInProcess(c, e.sinkExt, e.cookie)
+	if err != nil {
+		closeGroup(group)
+		return nil, err
+	}
+	group = append(group, t)
+	if e.otherDir != "" {
+		if t, err = e.startInProcessFrom(e.otherDir, "other", c, e.sinkExt, e.cookie); err != nil {
+			closeGroup(group)
+			return nil, err
+		}
+		group = append(group, t)
+	}
+	return group, nil
 }

@@ -66,6 +66,8 @@ func main() {
 	refPublic := flag.Bool("ref-public", false, "give the reference relay a public listener in front of the outermost PT, as ptcombiner-server has (with -ref splice, io.Copy's pipes take 24 descriptors per idle 3-hop connection: lower -idle or use -ref loop)")
 	free := flag.Bool("free", true, "measure each chain free too (f): --proxy and --free, every connection a stream of one session (docs/free.md)")
 	inprocList := flag.String("inproc", "obfs4|obfs4,obfs3|obfs4", "in-process chains (e) of builtin transports, comma separated, each against (c) over the same obfs4proxy chain and its floor (g); \"\" for none")
+	profile := flag.String("profile-inproc", "", "after the table, write a Go CPU profile of the in-process engines (client and server in one process) carrying -profile-chain under bulk load (one stream, -size MiB each way) to `FILE`")
+	profileChain := flag.String("profile-chain", "obfs4|obfs4", "the chain of builtin methods -profile-inproc profiles")
 	verbose := flag.Bool("v", false, "show every process's log")
 	flag.DurationVar(&slowSetup, "slow", 0, "report every setup slower than this (to chase stalls)")
 	flag.Parse()
@@ -81,6 +83,7 @@ func main() {
 		hops = append(hops, n)
 	}
 	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle, holdOnly: *holdOnly, free: *free}
+	p.profile, p.profileChain = *profile, *profileChain
 	var err error
 	if p.inproc, err = parseInproc(*inprocList); err != nil {
 		fail(err)
@@ -248,12 +251,10 @@ func run(binDir, otherDir string, hops []int, pts, refs []string, refPublic bool
 					continue
 				}
 				inprocDone[strings.Join(c, "|")] = true
-				t, err := e.startInProcess(c, e.sinkExt, e.cookie)
-				if err != nil {
-					closeGroup(group)
+				var err error
+				if group, err = e.addInProcess(group, c); err != nil {
 					return err
 				}
-				group = append(group, t)
 			}
 			if err := measure(group); err != nil {
 				return err
@@ -269,6 +270,11 @@ func run(binDir, otherDir string, hops []int, pts, refs []string, refPublic bool
 	ratios(rows)
 	freeRatios(rows)
 	inprocRatios(rows)
+	if p.profile != "" && p.size > 0 {
+		if err := profileInproc(e, p.profileChain, p.profile, p); err != nil {
+			return err
+		}
+	}
 	errs := 0
 	for _, rw := range rows {
 		if rw.t.stalls {
@@ -325,8 +331,8 @@ func printRow(t *topology, r *result) {
 		fds = fmt.Sprintf("%.0f|%.0f", r.fdsClient, r.fdsServer)
 	}
 	setup := [3]string{"-", "-", "-"}
-	if t.kind != "g" {
-		for i, d := range []time.Duration{r.p50, r.p90, r.p99} {
+	for i, d := range []time.Duration{r.p50, r.p90, r.p99} {
+		if t.kind != "g" || i == 0 {
 			setup[i] = fmt.Sprintf("%.2f", ms(d))
 		}
 	}

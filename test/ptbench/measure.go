@@ -32,6 +32,9 @@ type params struct {
 	// inproc are the in-process chains (e) to measure, each a list of
 	// builtin methods, innermost first (-inproc).
 	inproc [][]string
+	// profile, when set, is where the CPU profile of the in-process
+	// engines goes (-profile-inproc).
+	profile, profileChain string
 }
 
 // result is what one topology measured.

@@ -61,6 +61,9 @@ func (t *topology) name() string {
 	case "f":
 		return fmt.Sprintf("(f) free session, %s", t.chain())
 	case "e":
+		if t.build != "" {
+			return fmt.Sprintf("(e) in process (%s), %s", t.build, t.chain())
+		}
 		return fmt.Sprintf("(e) in process, %s", t.chain())
 	case "g":
 		return fmt.Sprintf("(g) floor, %s alone", t.chain())
