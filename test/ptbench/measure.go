@@ -165,6 +165,9 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 			}
 			c.Close()
 		}
+		if t.client != 0 {
+			rs[i].procs = 2 + len(t.pts())
+		}
 	}
 	for i, t := range ts {
 		if p.idle > 0 && t.client != 0 {
@@ -278,7 +281,6 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 func measureIdle(t *topology, r *result, n int) {
 	time.Sleep(300 * time.Millisecond)
 	pids := append([]int{t.client, t.server}, t.pts()...)
-	r.procs = len(pids)
 	rssAll := func() (kib int) {
 		for _, p := range pids {
 			kib += procstat.RSSKiB(p)
