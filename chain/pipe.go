@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 
@@ -69,7 +68,7 @@ func copyPipe(ctx context.Context, a, b net.Conn) (aToB, bToA int64, err error) 
 // copyHalf copies src to dst; at EOF it half-closes dst (or, when dst
 // cannot, closes both), on an error it closes both.
 func copyHalf(dst, src net.Conn, closeBoth func()) (int64, error) {
-	n, err := io.Copy(dst, src)
+	n, err := shim.Copy(dst, src) // an idle connection holds no large buffer
 	if err == nil {
 		cw, ok := dst.(interface{ CloseWrite() error })
 		if !ok {

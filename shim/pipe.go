@@ -116,12 +116,12 @@ func copyConn(dst, src net.Conn, progress Progress) (int64, error) {
 	return copyCounted(dst, src, progress)
 }
 
-// copyCounted is io.Copy, telling progress of each write.
+// copyCounted is Copy, telling progress of each write.
 func copyCounted(dst io.Writer, src io.Reader, progress Progress) (int64, error) {
 	if progress != nil {
 		dst = progressWriter{dst, progress}
 	}
-	return io.Copy(dst, src)
+	return Copy(dst, src)
 }
 
 type progressWriter struct {

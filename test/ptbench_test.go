@@ -7,8 +7,8 @@ import (
 )
 
 // TestPtbench keeps `make ptbench` working, at a small size: every
-// topology runs, with and without -ref-public, the ratios print, and held
-// connections all live. It checks no figure: those belong to
+// topology runs (the in-process chains and their floor too), with and
+// without -ref-public, the ratios print, and held connections all live. It checks no figure: those belong to
 // docs/performance.md, from a full run.
 func TestPtbench(t *testing.T) {
 	if testing.Short() {
@@ -37,9 +37,21 @@ func TestPtbench(t *testing.T) {
 	if pts != "test" && !strings.Contains(string(out), "(b) obfs4|obfs4  ") {
 		t.Errorf("ptbench output lacks the obfs4 chains:\n%s", out)
 	}
+	// The in-process chains (e), started with no child, and their floor
+	// (g); against the reference when obfs4proxy is there.
+	inproc := []string{"(e) in process, obfs4|obfs4", "(e) in process, obfs3|obfs4", "(g) floor, obfs4 alone",
+		"(g) floor, obfs3 alone", "(e) obfs4|obfs4: 2 processes (0 children)", "(e) obfs3|obfs4: 2 processes (0 children)"}
+	if pts != "test" {
+		inproc = append(inproc, "(c) relay, loop, obfs3|obfs4", "setup p50", "RSS per idle conn")
+	}
+	for _, want := range inproc {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("ptbench output lacks %q:\n%s", want, out)
+		}
+	}
 
 	// -ref-public: the reference relays' server side gets a public listener.
-	cmd = exec.Command(bin("ptbench"), "-bin", binDir, "-hops", "2", "-pts", "test", "-ref-public",
+	cmd = exec.Command(bin("ptbench"), "-bin", binDir, "-hops", "2", "-pts", "test", "-ref-public", "-inproc", "",
 		"-size", "2", "-setups", "10", "-idle", "30", "-hold", "0")
 	if out, err = cmd.CombinedOutput(); err != nil {
 		t.Fatalf("ptbench -ref-public: %v\n%s", err, out)

@@ -23,6 +23,8 @@ import (
 //	ptbench sink COOKIEFILE      echo servers: plain and Extended ORPort
 //	ptbench relay-client         the reference relay, client side
 //	ptbench relay-server         the reference relay, server side
+//	ptbench floor METHOD SIZE N  one in-process transport alone (inproc.go)
+//	ptbench engines CHAIN ...    the in-process engines, profiled (profile.go)
 //
 // Each prints its addresses on stdout and exits when its stdin closes.
 func helperMain(mode string, args []string) {
@@ -34,6 +36,10 @@ func helperMain(mode string, args []string) {
 		err = runRelayClient(os.Stdin, args)
 	case "relay-server":
 		err = runRelayServer(os.Stdin, args)
+	case "floor":
+		err = runFloor(args)
+	case "engines":
+		err = runEngines(args)
 	default:
 		err = fmt.Errorf("unknown mode %q", mode)
 	}
@@ -148,8 +154,12 @@ func startProgram(path string, args ...string) (*helper, error) {
 	return h, nil
 }
 
-// expect reads the helper's next line, which must be "WORD value".
-func (h *helper) expect(word string) (string, error) {
+// expect reads the helper's next line, which must be "WORD value", within
+// 30 s.
+func (h *helper) expect(word string) (string, error) { return h.expectWithin(word, 30*time.Second) }
+
+// expectWithin is expect within d.
+func (h *helper) expectWithin(word string, d time.Duration) (string, error) {
 	type res struct {
 		line string
 		err  error
@@ -169,8 +179,8 @@ func (h *helper) expect(word string) (string, error) {
 			return "", fmt.Errorf("helper %v said %q, want %s", h.cmd.Args[1:], r.line, word)
 		}
 		return got, nil
-	case <-time.After(30 * time.Second):
-		return "", fmt.Errorf("helper %v said nothing in 30 s", h.cmd.Args[1:])
+	case <-time.After(d):
+		return "", fmt.Errorf("helper %v said nothing in %v", h.cmd.Args[1:], d)
 	}
 }
 

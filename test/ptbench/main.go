@@ -7,15 +7,21 @@
 //	(c) the reference: the same PT programs, run the same way, wired by a
 //	    minimal hand-made relay (relay.go), the least any combiner must do;
 //	(d) raw loopback TCP;
+//	(e) the combiners' own in-process transports (--builtin): the chains
+//	    obfs4|obfs4 and obfs3|obfs4 (-inproc), two processes and no child,
+//	    against (c) over obfs4proxy's obfs4|obfs4 and obfs3|obfs4;
 //	(f) each chain of (a) and (b) free (docs/free.md): every connection a
 //	    stream of one session over one chained connection (-free);
+//	(g) the floor of (e): each of its transports alone, client and server
+//	    in one process (a helper) over one loopback TCP connection;
 //
 // single-stream throughput, aggregate throughput of 8 streams, setup latency
 // (p50, p90, p99) to the first byte back, CPU seconds per GiB per splice point of
 // the combiner (or relay) processes, and resident memory and descriptors per
 // idle chained connection. It prints a table and the ratios (a)/(c) and
 // (b)/(c) against the targets of docs/performance.md, and (f) against (a)
-// and (b), then holds 10,000 chained connections at once.
+// and (b), and (e) against (c) and (g), then holds 10,000 chained
+// connections at once.
 //
 // Every connection ends at an echo sink run as a separate process (an
 // Extended ORPort for the combiners, as a bridge's tor is; plain TCP for
@@ -59,6 +65,9 @@ func main() {
 	refList := flag.String("ref", "loop,splice", "reference relays: loop (c: read and write through a buffer), splice (c': io.Copy)")
 	refPublic := flag.Bool("ref-public", false, "give the reference relay a public listener in front of the outermost PT, as ptcombiner-server has (with -ref splice, io.Copy's pipes take 24 descriptors per idle 3-hop connection: lower -idle or use -ref loop)")
 	free := flag.Bool("free", true, "measure each chain free too (f): --proxy and --free, every connection a stream of one session (docs/free.md)")
+	inprocList := flag.String("inproc", "obfs4|obfs4,obfs3|obfs4", "in-process chains (e) of builtin transports, comma separated, each against (c) over the same obfs4proxy chain and its floor (g); \"\" for none")
+	profile := flag.String("profile-inproc", "", "after the table, write a Go CPU profile of the in-process engines (client and server in one process) carrying -profile-chain under bulk load (one stream, -size MiB each way) to `FILE`")
+	profileChain := flag.String("profile-chain", "obfs4|obfs4", "the chain of builtin methods -profile-inproc profiles")
 	verbose := flag.Bool("v", false, "show every process's log")
 	flag.DurationVar(&slowSetup, "slow", 0, "report every setup slower than this (to chase stalls)")
 	flag.Parse()
@@ -74,6 +83,11 @@ func main() {
 		hops = append(hops, n)
 	}
 	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle, holdOnly: *holdOnly, free: *free}
+	p.profile, p.profileChain = *profile, *profileChain
+	var err error
+	if p.inproc, err = parseInproc(*inprocList); err != nil {
+		fail(err)
+	}
 	refs := strings.Split(*refList, ",")
 	for _, r := range refs {
 		if r != "loop" && r != "splice" {
@@ -190,6 +204,7 @@ func run(binDir, otherDir string, hops []int, pts, refs []string, refPublic bool
 		}
 		return nil
 	}
+	inprocDone := map[string]bool{} // the in-process chains measured
 	if err := measure([]*topology{{kind: "d", target: e.sinkPlain}}); err != nil {
 		return err
 	}
@@ -231,15 +246,44 @@ func run(binDir, otherDir string, hops []int, pts, refs []string, refPublic bool
 				}
 				group = append(group, t)
 			}
+			for _, c := range p.inproc {
+				if strings.Join(c, "|") != strings.Join(repeatPT(pt, n), "|") || inprocDone[strings.Join(c, "|")] {
+					continue
+				}
+				inprocDone[strings.Join(c, "|")] = true
+				var err error
+				if group, err = e.addInProcess(group, c); err != nil {
+					return err
+				}
+			}
 			if err := measure(group); err != nil {
 				return err
 			}
 		}
 	}
+	if err := measureInproc(e, p, refs, inprocDone, measure, func(rw row) {
+		rows = append(rows, rw)
+		printRow(rw.t, rw.r)
+	}); err != nil {
+		return err
+	}
 	ratios(rows)
 	freeRatios(rows)
+	inprocRatios(rows)
+	if p.profile != "" && p.size > 0 {
+		if err := profileInproc(e, p.profileChain, p.profile, p); err != nil {
+			return err
+		}
+	}
 	errs := 0
 	for _, rw := range rows {
+		if rw.t.stalls {
+			if n := rw.r.setupErrs + rw.r.idleErrs; n > 0 || rw.t.stalled.Load() > 0 {
+				fmt.Printf("\n%s: %d connections failed and %d dials were tried again: obfs4proxy's known stall with obfs3 inside obfs4 (PROTOCOLS.md A), not counted as errors of the run\n",
+					rw.t.name(), n, rw.t.stalled.Load())
+			}
+			continue
+		}
 		errs += rw.r.setupErrs + rw.r.idleErrs
 	}
 	if hold > 0 {
@@ -276,16 +320,24 @@ func printRow(t *topology, r *result) {
 	if t.client != 0 {
 		setupCPU = fmt.Sprintf("%.2f|%.2f", r.setupCPUClient, r.setupCPUServer)
 	}
-	if t.client != 0 && r.gib > 0 {
+	if t.client != 0 && r.gib > 0 && t.splicesClient > 0 {
 		cpu = fmt.Sprintf("%.2f|%.2f", r.cpuPerSplice(r.cpuClient, t.splicesClient), r.cpuPerSplice(r.cpuServer, t.splicesServer))
-		all = fmt.Sprintf("%.2f", r.cpuAll/(r.gib/2))
+	}
+	if (t.client != 0 || t.kind == "g") && r.gib > 0 {
+		all = fmt.Sprintf("%.2f", chainCPU(r))
 	}
 	if t.client != 0 {
 		rss = fmt.Sprintf("%.1f|%.1f", r.rssClient, r.rssServer)
 		fds = fmt.Sprintf("%.0f|%.0f", r.fdsClient, r.fdsServer)
 	}
-	fmt.Printf("%-36s %8.0f %9.0f %7.2f %7.2f %7.2f %11s %11s %9s %13s %9s %6d\n", t.name(), r.single, r.multi,
-		ms(r.p50), ms(r.p90), ms(r.p99), setupCPU, cpu, all, rss, fds, r.setupErrs+r.idleErrs)
+	setup := [3]string{"-", "-", "-"}
+	for i, d := range []time.Duration{r.p50, r.p90, r.p99} {
+		if t.kind != "g" || i == 0 {
+			setup[i] = fmt.Sprintf("%.2f", ms(d))
+		}
+	}
+	fmt.Printf("%-36s %8.0f %9.0f %7s %7s %7s %11s %11s %9s %13s %9s %6d\n", t.name(), r.single, r.multi,
+		setup[0], setup[1], setup[2], setupCPU, cpu, all, rss, fds, r.setupErrs+r.idleErrs)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -302,7 +354,7 @@ func ratios(rows []row) {
 	for i := range rows {
 		rw := &rows[i]
 		if rw.t.kind == "c" || rw.t.kind == "c'" {
-			refs[fmt.Sprintf("%s %s %d", rw.t.kind, rw.t.pt, rw.t.hops)] = rw
+			refs[rw.t.kind+" "+rw.t.chain()] = rw
 		}
 	}
 	ratio := func(x, y float64) float64 {
@@ -331,8 +383,8 @@ func ratios(rows []row) {
 			}
 			return fmt.Sprintf("%+.3f", ms(a.p50-ref.r.p50)/float64(h))
 		}
-		c := refs[fmt.Sprintf("c %s %d", rw.t.pt, h)]
-		c2 := refs[fmt.Sprintf("c' %s %d", rw.t.pt, h)]
+		c := refs["c "+rw.t.chain()]
+		c2 := refs["c' "+rw.t.chain()]
 		single, multi := "-", "-"
 		if c != nil {
 			single, multi = fmt.Sprintf("%.2f", ratio(a.single, c.r.single)), fmt.Sprintf("%.2f", ratio(a.multi, c.r.multi))

@@ -29,6 +29,12 @@ type params struct {
 	// holdOnly skips the table: only the held connections (-hold-only).
 	holdOnly bool
 	free     bool // measure each chain free too (-free)
+	// inproc are the in-process chains (e) to measure, each a list of
+	// builtin methods, innermost first (-inproc).
+	inproc [][]string
+	// profile, when set, is where the CPU profile of the in-process
+	// engines goes (-profile-inproc).
+	profile, profileChain string
 }
 
 // result is what one topology measured.
@@ -51,7 +57,11 @@ type result struct {
 	// Per idle connection: resident KiB and descriptors, client and server.
 	rssClient, rssServer float64
 	fdsClient, fdsServer float64
-	idleErrs             int
+	// rssAll is the resident KiB per idle connection of every process of
+	// the chain together (PTs included); procs counts those processes.
+	rssAll   float64
+	procs    int
+	idleErrs int
 }
 
 // cpuPerSplice is the CPU seconds per GiB per splice point of one side.
@@ -106,6 +116,25 @@ func (t *topology) dialTimeout(d time.Duration) (*net.TCPConn, error) {
 	return t.dial(ctx)
 }
 
+// dialRetry is dialTimeout, tried up to 5 times when the chain is known to
+// stall now and then (t.stalls), so that the warm-up and the streams get
+// their connections; the setup and idle phases count every failure.
+func (t *topology) dialRetry(d time.Duration) (*net.TCPConn, error) {
+	tries := 1
+	if t.stalls {
+		tries, d = 5, min(d, 10*time.Second)
+	}
+	var err error
+	for k := 0; k < tries; k++ {
+		var c *net.TCPConn
+		if c, err = t.dialTimeout(d); err == nil {
+			return c, nil
+		}
+		t.stalled.Add(1)
+	}
+	return nil, err
+}
+
 func (t *topology) cpu() (client, server, all float64) {
 	if t.client == 0 {
 		return 0, 0, 0 // raw TCP: only the load generator and the sink
@@ -130,11 +159,14 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 	for i, t := range ts {
 		rs[i] = &result{}
 		for k := 0; k < 5; k++ { // warm up: the PTs' first connections
-			c, err := t.dialTimeout(30 * time.Second)
+			c, err := t.dialRetry(30 * time.Second)
 			if err != nil {
 				return nil, fmt.Errorf("%s: warm-up: %w", t.name(), err)
 			}
 			c.Close()
+		}
+		if t.client != 0 {
+			rs[i].procs = 2 + len(t.pts())
 		}
 	}
 	for i, t := range ts {
@@ -248,6 +280,14 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 // growth of the combiner's (or relay's) memory and descriptors.
 func measureIdle(t *topology, r *result, n int) {
 	time.Sleep(300 * time.Millisecond)
+	pids := append([]int{t.client, t.server}, t.pts()...)
+	rssAll := func() (kib int) {
+		for _, p := range pids {
+			kib += procstat.RSSKiB(p)
+		}
+		return kib
+	}
+	rss0 := rssAll()
 	rss0c, rss0s := procstat.RSSKiB(t.client), procstat.RSSKiB(t.server)
 	fd0c, fd0s := procstat.Descriptors(t.client), procstat.Descriptors(t.server)
 	conns, fails := openMany(t, n, 16)
@@ -261,6 +301,7 @@ func measureIdle(t *topology, r *result, n int) {
 		r.rssServer = float64(procstat.RSSKiB(t.server)-rss0s) / k
 		r.fdsClient = float64(procstat.Descriptors(t.client)-fd0c) / k
 		r.fdsServer = float64(procstat.Descriptors(t.server)-fd0s) / k
+		r.rssAll = float64(rssAll()-rss0) / k
 	}
 	closeAll(conns)
 	time.Sleep(500 * time.Millisecond)
@@ -311,9 +352,14 @@ func openMany(t *topology, n, workers int) ([]*net.TCPConn, *failures) {
 // connections shared the way: the shortest connection's time over the
 // longest's (each carried as much; 1 for one connection).
 func streams(t *topology, n int, size int64) (time.Duration, float64, error) {
-	conns := make([]*net.TCPConn, n)
+	return streamsOver(func() (net.Conn, error) { return t.dialRetry(30 * time.Second) }, n, size)
+}
+
+// streamsOver is streams over the connections dial opens.
+func streamsOver(dial func() (net.Conn, error), n int, size int64) (time.Duration, float64, error) {
+	conns := make([]net.Conn, n)
 	for i := range conns {
-		c, err := t.dialTimeout(30 * time.Second)
+		c, err := dial()
 		if err != nil {
 			for _, c := range conns[:i] {
 				c.Close()
@@ -351,7 +397,7 @@ func streams(t *topology, n int, size int64) (time.Duration, float64, error) {
 }
 
 // sendN writes size bytes from buf, over and over.
-func sendN(c *net.TCPConn, buf []byte, size int64) error {
+func sendN(c net.Conn, buf []byte, size int64) error {
 	for size > 0 {
 		n := min(int64(len(buf)), size)
 		if _, err := c.Write(buf[:n]); err != nil {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/ptcombiner/ptcombiner/internal/procstat"
 	"github.com/ptcombiner/ptcombiner/metadata"
@@ -17,9 +19,12 @@ import (
 // echo sink: raw TCP, a chain through the combiners, or the same chain
 // through the reference relay.
 type topology struct {
-	kind   string // "a", "b", "c" (the reference), "c'" (the reference with splice), "d" or "f" (free)
-	pt     string // "test" or "obfs4"; "" for raw TCP
-	hops   int
+	kind string // "a", "b", "c" (the reference), "c'" (the reference with splice), "d", "e" (in process), "f" (free) or "g" (floor)
+	pt   string // "test" or "obfs4"; "" for raw TCP
+	hops int
+	// hopPTs, when set, are the chain's hops, innermost first, where
+	// they differ (obfs3|obfs4); pt is then the first.
+	hopPTs []string
 	build  string // for the combiners: "" (-bin) or "other" (-other)
 	socks  string // where the application connects; "" for raw TCP
 	target string // the SOCKS target (the bridge), or the sink for raw TCP
@@ -36,6 +41,12 @@ type topology struct {
 	// listener it owns, to the outermost PT, which the reference leaves to
 	// the outermost PT itself.
 	splicesClient, splicesServer int
+	// stalls: the chain is known to stall now and then (obfs4proxy's
+	// obfs4 client with obfs3 inside, PROTOCOLS.md A), so the warm-up and
+	// the streams try again, and its failed connections do not fail the
+	// run; stalled counts the dials tried again.
+	stalls  bool
+	stalled atomic.Int64
 	closers
 }
 
@@ -49,6 +60,13 @@ func (t *topology) name() string {
 		return fmt.Sprintf("(c') relay, splice, %s", t.chain())
 	case "f":
 		return fmt.Sprintf("(f) free session, %s", t.chain())
+	case "e":
+		if t.build != "" {
+			return fmt.Sprintf("(e) in process (%s), %s", t.build, t.chain())
+		}
+		return fmt.Sprintf("(e) in process, %s", t.chain())
+	case "g":
+		return fmt.Sprintf("(g) floor, %s alone", t.chain())
 	default:
 		if t.build != "" {
 			return fmt.Sprintf("(%s) combiners (%s build), %s", t.kind, t.build, t.chain())
@@ -58,6 +76,9 @@ func (t *topology) name() string {
 }
 
 func (t *topology) chain() string {
+	if len(t.hopPTs) > 0 {
+		return strings.Join(t.hopPTs, "|")
+	}
 	if t.pt == "" {
 		return "-"
 	}
@@ -121,19 +142,30 @@ func (e *env) startCombinersFrom(binDir, build, kind, pt string, hops int, sinkE
 	prog, opts := e.ptProgram(pt)
 	alias := fmt.Sprintf("%s%d", pt, hops)
 	flags := []string{"--plugin", pt + "=" + prog, "--chain", alias + "=" + t.chain()}
+	if err := e.startPair(t, binDir, flags, alias, opts, sinkExt, cookie); err != nil {
+		return nil, err
+	}
+	t.splicesClient, t.splicesServer = hops, hops+1
+	return t, nil
+}
+
+// startPair runs ptcombiner-server and ptcombiner-client of binDir with
+// flags, serving the chain alias (with opts as its server options), and
+// fills in t's addresses, credentials and processes.
+func (e *env) startPair(t *topology, binDir string, flags []string, alias string, opts metadata.Args, sinkExt, cookie string) error {
 	server, err := ptproc.Start(context.Background(), e.combinerSpec("ptcombiner-server", ptproc.Spec{
 		Name: "ptcombiner-server", Path: filepath.Join(binDir, "ptcombiner-server"), Args: flags,
 		Role: ptproc.Server, Methods: []string{alias}, StateDir: e.dir("server"),
 		Options: map[string]metadata.Args{alias: opts}, ExtORPort: sinkExt, AuthCookieFile: cookie,
 	}))
 	if err != nil {
-		return nil, fmt.Errorf("ptcombiner-server: %w", err)
+		return fmt.Errorf("ptcombiner-server: %w", err)
 	}
 	t.add(func() { server.Close() })
 	sm, ok := server.ServerMethods()[alias]
 	if !ok {
 		t.run()
-		return nil, fmt.Errorf("ptcombiner-server offered no %s: %v", alias, server.MethodErrors())
+		return fmt.Errorf("ptcombiner-server offered no %s: %v", alias, server.MethodErrors())
 	}
 	client, err := ptproc.Start(context.Background(), e.combinerSpec("ptcombiner-client", ptproc.Spec{
 		Name: "ptcombiner-client", Path: filepath.Join(binDir, "ptcombiner-client"), Args: flags,
@@ -141,34 +173,68 @@ func (e *env) startCombinersFrom(binDir, build, kind, pt string, hops int, sinkE
 	}))
 	if err != nil {
 		t.run()
-		return nil, fmt.Errorf("ptcombiner-client: %w", err)
+		return fmt.Errorf("ptcombiner-client: %w", err)
 	}
 	t.add(func() { client.Close() })
 	cm, ok := client.Methods()[alias]
 	if !ok {
 		t.run()
-		return nil, fmt.Errorf("ptcombiner-client offered no %s: %v", alias, client.MethodErrors())
+		return fmt.Errorf("ptcombiner-client offered no %s: %v", alias, client.MethodErrors())
 	}
 	if t.user, t.pass, err = metadata.SOCKS5Credentials(metadata.EncodeClientArgs(sm.Args)); err != nil {
 		t.run()
-		return nil, err
+		return err
 	}
 	t.socks, t.target = cm.Addr.String(), sm.Addr.String()
 	t.client, t.server = client.Pid(), server.Pid()
 	t.pts = func() []int { return append(procstat.Children(t.client), procstat.Children(t.server)...) }
-	t.splicesClient, t.splicesServer = hops, hops+1
-	return t, nil
+	return nil
 }
 
 // startReference runs the same PT programs as tor would run them, one
 // server process per hop (each with its own ORPort) and one client process,
 // and wires them with the reference relay.
 func (e *env) startReference(pt string, hops int, copyMode string) (*topology, error) {
+	return e.startReferenceOf(repeatPT(pt, hops), copyMode)
+}
+
+// repeatPT is the chain of n copies of pt.
+func repeatPT(pt string, n int) []string {
+	hopPTs := make([]string, n)
+	for i := range hopPTs {
+		hopPTs[i] = pt
+	}
+	return hopPTs
+}
+
+// startReferenceOf is startReference for any chain of one program's PTs,
+// innermost first (obfs3|obfs4: obfs4proxy's obfs3 inside its obfs4). As
+// tor runs them, one client process offers every method of the chain
+// (ClientTransportPlugin obfs3,obfs4 exec obfs4proxy), and each hop has a
+// server process of its own for its method.
+func (e *env) startReferenceOf(hopPTs []string, copyMode string) (*topology, error) {
+	hops, pt := len(hopPTs), hopPTs[0]
 	t := &topology{kind: "c", pt: pt, hops: hops}
 	if copyMode == "splice" {
 		t.kind = "c'"
 	}
-	prog, opts := e.ptProgram(pt)
+	prog, _ := e.ptProgram(pt)
+	var methods []string
+	for i, m := range hopPTs {
+		// obfs4proxy's obfs4 client leaves the bytes that came with the
+		// server's handshake undecoded until more arrive: an inner
+		// protocol whose server speaks first (obfs2, obfs3) stalls.
+		t.stalls = t.stalls || m == "obfs4" && slices.ContainsFunc(hopPTs[:i], func(h string) bool { return h == "obfs2" || h == "obfs3" })
+		if m != pt {
+			t.hopPTs = hopPTs
+		}
+		if p, _ := e.ptProgram(m); p != prog {
+			return nil, fmt.Errorf("reference %s: every hop must be one program's", strings.Join(hopPTs, "|"))
+		}
+		if !slices.Contains(methods, m) {
+			methods = append(methods, m)
+		}
+	}
 	ptCookie := e.dir("ref-cookie")
 	rs, err := startHelper("relay-server", ptCookie, e.sinkExt, e.cookie, copyMode)
 	if err != nil {
@@ -179,6 +245,8 @@ func (e *env) startReference(pt string, hops int, copyMode string) (*topology, e
 	next := "tor"
 	hopArgs := make([]metadata.Args, hops)
 	for i := 0; i < hops; i++ {
+		pt := hopPTs[i]
+		_, opts := e.ptProgram(pt)
 		fmt.Fprintf(rs.stdin, "forward %s\n", next)
 		orport, err := rs.expect("LISTEN")
 		if err != nil {
@@ -219,22 +287,22 @@ func (e *env) startReference(pt string, hops int, copyMode string) (*topology, e
 		}
 	}
 	p, err := ptproc.Start(context.Background(), ptproc.Spec{
-		Name: filepath.Base(prog), Path: prog, Role: ptproc.Client, Methods: []string{pt},
+		Name: filepath.Base(prog), Path: prog, Role: ptproc.Client, Methods: methods,
 		StateDir: e.dir("ref-client"), Logger: logger,
 	})
 	if err != nil {
 		t.run()
-		return nil, fmt.Errorf("%s client: %w", pt, err)
+		return nil, fmt.Errorf("%s client: %w", strings.Join(methods, ","), err)
 	}
 	t.add(func() { p.Close() })
 	ptPids = append(ptPids, p.Pid())
-	cm, ok := p.Methods()[pt]
-	if !ok {
-		t.run()
-		return nil, fmt.Errorf("%s client offered no %s: %v", prog, pt, p.MethodErrors())
-	}
 	cfg := make([]relayHop, hops)
 	for i := range cfg {
+		cm, ok := p.Methods()[hopPTs[i]]
+		if !ok {
+			t.run()
+			return nil, fmt.Errorf("%s client offered no %s: %v", prog, hopPTs[i], p.MethodErrors())
+		}
 		user, pass, err := metadata.SOCKS5Credentials(metadata.EncodeClientArgs(hopArgs[i]))
 		if err != nil {
 			t.run()
