@@ -22,6 +22,7 @@ import (
 	pt "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
 
 	"github.com/ptcombiner/ptcombiner/chain"
+	"github.com/ptcombiner/ptcombiner/internal/gctune"
 	"github.com/ptcombiner/ptcombiner/ptproc"
 )
 
@@ -373,6 +374,7 @@ const failWait = 10 * time.Second
 // CommandNotFound for an app without subcommands: an unknown word reaches
 // the Action, which refuses it.)
 func Run(app *cli.App, args []string) int {
+	gctune.Start()
 	managed := Managed()
 	app.Writer = os.Stdout
 	if managed {

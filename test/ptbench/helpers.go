@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ptcombiner/ptcombiner/extorport"
+	"github.com/ptcombiner/ptcombiner/internal/gctune"
 	"github.com/ptcombiner/ptcombiner/internal/loopback"
 )
 
@@ -37,8 +38,10 @@ func helperMain(mode string, args []string) {
 	case "relay-server":
 		err = runRelayServer(os.Stdin, args)
 	case "floor":
+		gctune.Start() // the combiners' pacing of the collector, for a floor of the same process kind
 		err = runFloor(args)
 	case "engines":
+		gctune.Start()
 		err = runEngines(args)
 	default:
 		err = fmt.Errorf("unknown mode %q", mode)
