@@ -415,19 +415,31 @@ func freeRatios(rows []row) {
 	for i := range rows {
 		f := &rows[i]
 		a := bound[f.t.chain()]
-		if f.t.kind != "f" || a == nil || a.r.p50 == 0 || a.r.single == 0 {
+		if f.t.kind != "f" || a == nil || a.r.p50 == 0 {
 			continue
 		}
 		if !header {
 			fmt.Printf("\nFree sessions (f) against bound chained connections (a, b) over the same chain. Targets: a new\n")
 			fmt.Printf("stream's setup <= 0.2x a chained connection's (p50), 1 stream >= 0.9x, the 8 streams within 20%%\n")
-			fmt.Printf("of each other (the shortest one's time over the longest's >= 0.8).\n")
-			fmt.Printf("%-22s %11s %9s %9s %13s %13s\n", "chain", "setup p50", "1 stream", "8 streams", "8 streams", "8 streams")
-			fmt.Printf("%-22s %11s %9s %9s %13s %13s\n", "", "x bound", "x bound", "x bound", "evenness (f)", "evenness bound")
+			fmt.Printf("of each other (the shortest one's time over the longest's >= 0.8). A setup's p50 ends with its\n")
+			fmt.Printf("first byte's round trip; \"beyond 1 RTT\" takes off each one's byte round trip on an open\n")
+			fmt.Printf("connection (RTT p50 ms, free|bound): what the setup itself adds (no target).\n")
+			fmt.Printf("%-22s %11s %9s %9s %13s %13s %12s %13s\n", "chain", "setup p50", "1 stream", "8 streams", "8 streams", "8 streams", "setup beyond", "RTT p50 ms")
+			fmt.Printf("%-22s %11s %9s %9s %13s %13s %12s %13s\n", "", "x bound", "x bound", "x bound", "evenness (f)", "evenness bound", "1 RTT x bound", "free|bound")
 			header = true
 		}
-		fmt.Printf("(f) %-18s %11.2f %9.2f %9.2f %13.2f %13.2f\n", f.t.chain(), float64(f.r.p50)/float64(a.r.p50),
-			f.r.single/a.r.single, f.r.multi/a.r.multi, f.r.fair, a.r.fair)
+		beyond := "-"
+		if fs, as := f.r.p50-f.r.rtt, a.r.p50-a.r.rtt; f.r.rtt > 0 && a.r.rtt > 0 && as > 0 {
+			beyond = fmt.Sprintf("%.2f", float64(fs)/float64(as))
+		}
+		ratio := func(x, y float64) string { // "-" without streams (-size 0)
+			if y == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.2f", x/y)
+		}
+		fmt.Printf("(f) %-18s %11.2f %9s %9s %13.2f %13.2f %12s %6.2f|%-6.2f\n", f.t.chain(), float64(f.r.p50)/float64(a.r.p50),
+			ratio(f.r.single, a.r.single), ratio(f.r.multi, a.r.multi), f.r.fair, a.r.fair, beyond, ms(f.r.rtt), ms(a.r.rtt))
 	}
 }
 

@@ -44,6 +44,9 @@ type result struct {
 	// stream's time over the longest's, in the most uneven round.
 	fair          float64
 	p50, p90, p99 time.Duration
+	// rtt is the p50 of a byte's round trip on a connection already set
+	// up: what every setup's first byte pays on top of the setup proper.
+	rtt time.Duration
 	// CPU milliseconds per setup of the combiner (or relay) processes,
 	// client and server side: the setups are interleaved, so what each
 	// topology's processes spent during them is theirs.
@@ -62,6 +65,31 @@ type result struct {
 	rssAll   float64
 	procs    int
 	idleErrs int
+}
+
+// roundTrip is the p50 of 101 one-byte round trips, one after another, on
+// one connection through t.
+func roundTrip(t *topology) (time.Duration, error) {
+	c, err := t.dialRetry(30 * time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	lat := make([]time.Duration, 0, 101)
+	var b [1]byte
+	for k := 0; k < cap(lat); k++ {
+		start := time.Now()
+		if _, err := c.Write(b[:]); err != nil {
+			return 0, err
+		}
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			return 0, err
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	return lat[len(lat)/2], nil
 }
 
 // cpuPerSplice is the CPU seconds per GiB per splice point of one side.
@@ -231,6 +259,13 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 			rs[i].p50 = l[len(l)/2]
 			rs[i].p90 = l[min(len(l)-1, len(l)*90/100)]
 			rs[i].p99 = l[min(len(l)-1, len(l)*99/100)]
+		}
+	}
+
+	for i, t := range ts {
+		var err error
+		if rs[i].rtt, err = roundTrip(t); err != nil {
+			return nil, fmt.Errorf("%s: round trips: %w", t.name(), err)
 		}
 	}
 
