@@ -776,10 +776,12 @@ func (s *Server) launch(ctx context.Context, c *serverChild) error {
 			if c.public != nil {
 				spec.BindAddrs = map[string]string{c.public.method: c.public.bindAddr()}
 			}
+			s.restoreStateLogged(c.name(), spec.StateDir) // at every start: each rewrites the state
 			p, err := ptproc.Start(ctx, spec)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", c.path, err)
 			}
+			s.keepStateLogged(c.name(), spec.StateDir)
 			if c.public != nil {
 				c.public.pin(p)
 			}

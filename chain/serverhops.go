@@ -76,11 +76,14 @@ func (s *Server) startInProcess(ctx context.Context, hops []*inprocHop) {
 			continue
 		}
 		dir := filepath.Join(s.opt.StateDir, h.stateDir)
+		who := "builtin " + h.Method
+		s.restoreStateLogged(who, dir)
 		srv, err := h.st.Start(ctx, transport.ServerConfig{StateDir: dir, Options: h.opts})
 		if err != nil {
 			h.err = err
 			continue
 		}
+		s.keepStateLogged(who, dir)
 		s.mu.Lock()
 		if s.closed { // Close has run, or runs, without it
 			s.mu.Unlock()

@@ -161,3 +161,54 @@ func TestBridgeCertsSurviveUpgrade(t *testing.T) {
 		t.Errorf("the record does not keep the old directory: %s %v", b, err)
 	}
 }
+
+// A bridge that crashed while a hop's PT rewrote obfs4_state.json (obfs4proxy
+// and the module truncate it and write it again at every start) comes back
+// with the cert it had: ptcombiner-server restores the last good state it
+// kept, for a child (real obfs4proxy) and for the in-process obfs4 alike.
+// Without the copy, the next start refuses the damaged file (SMETHOD-ERROR),
+// and an operator who removes it gets a new identity.
+func TestBridgeCertSurvivesDamagedState(t *testing.T) {
+	obfs4proxy := requireProgram(t, "obfs4proxy")
+	for _, tc := range []struct {
+		name  string
+		flags []string
+	}{
+		{"obfs4proxy", []string{"--plugin", "obfs4=" + obfs4proxy, "--chain", "o=obfs4"}},
+		{"builtin", []string{"--builtin", "obfs4", "--chain", "o=obfs4"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			state := t.TempDir()
+			l := bridgeLayout{flags: tc.flags, aliases: []string{"o"}}
+			seen := map[string]string{}
+			sameCerts(t, "first start", seen, l.certs(t, state))
+			files, _ := filepath.Glob(filepath.Join(state, "ptcombiner", "*", "obfs4_state.json"))
+			if len(files) != 1 || seen["o 0"] == "" {
+				t.Fatalf("state files %q, certs %v: want one of each", files, seen)
+			}
+			whole, err := os.ReadFile(files[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, damage := range []struct {
+				name string
+				b    []byte
+			}{{"empty", nil}, {"cut short", whole[:len(whole)/2]}, {"zeros", make([]byte, len(whole))}} {
+				if err := os.WriteFile(files[0], damage.b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				sameCerts(t, "state "+damage.name, seen, l.certs(t, state))
+				if b, err := os.ReadFile(files[0]); err != nil || len(b) < len(whole)/2 {
+					t.Errorf("state %s: the state file was not restored: %d bytes, %v", damage.name, len(b), err)
+				}
+			}
+			// Removed, it stays removed: a new identity, as the operator asked.
+			if err := os.Remove(files[0]); err != nil {
+				t.Fatal(err)
+			}
+			if got := l.certs(t, state); got["o 0"] == seen["o 0"] {
+				t.Errorf("with obfs4_state.json removed the bridge kept its cert: the copy must not undo an operator's reset")
+			}
+		})
+	}
+}
