@@ -32,6 +32,9 @@ func ElideAddrs(s string) string {
 		} else {
 			scrub = !isLoopback(s[start:end])
 		}
+		if scrub && isNetwork(s, start, end) {
+			scrub = false
+		}
 		if scrub {
 			b.WriteString(s[last:start])
 			b.WriteString("[scrubbed]")
@@ -43,6 +46,27 @@ func ElideAddrs(s string) string {
 	}
 	b.WriteString(s[last:])
 	return b.String()
+}
+
+// isNetwork reports an address s[start:end] followed by a prefix length
+// shorter than a host's, with no host bits set ("10.0.0.0/8", "fc00::/7"): a network, as the
+// policy rules of --allow and --deny and the built-in denials name them,
+// which names no user and no bridge. A host's prefix (/32, /128) is an
+// address like any other.
+func isNetwork(s string, start, end int) bool {
+	rest, ok := strings.CutPrefix(s[end:], "/")
+	if !ok {
+		return false
+	}
+	n := 0
+	for n < len(rest) && n < 3 && '0' <= rest[n] && rest[n] <= '9' {
+		n++
+	}
+	if n == 0 || n < len(rest) && isWordByte(rest[n]) {
+		return false
+	}
+	p, err := netip.ParsePrefix(trimBrackets(s[start:end]) + "/" + rest[:n])
+	return err == nil && p.Bits() < p.Addr().BitLen() && p.Masked() == p // 203.0.113.5/8 still names a host
 }
 
 // isLoopback reports an "ip", "ip:port" or "[ip]:port" that names loopback.

@@ -27,6 +27,13 @@ func TestElideAddrsIPv6(t *testing.T) {
 		{"mac 00:1a:2b:3c:4d:5e", "mac 00:1a:2b:3c:4d:5e"},
 		{"std::string, a :: b, key::", "std::string, a :: b, key::"},
 		{"ratio 1:2:3", "ratio 1:2:3"},
+		// Networks (policy rules) name no one; a host's prefix does.
+		{"deny 10.0.0.0/8 (built-in)", "deny 10.0.0.0/8 (built-in)"},
+		{"rules 192.168.0.0/16,fc00::/7, fe80::/10.", "rules 192.168.0.0/16,fc00::/7, fe80::/10."},
+		{"deny 203.0.113.5/32 and 2001:db8::1/128", "deny [scrubbed]/32 and [scrubbed]/128"},
+		{"path 203.0.113.5/index.html", "path [scrubbed]/index.html"},
+		{"odd 203.0.113.5/99", "odd [scrubbed]/99"},
+		{"host bits 203.0.113.5/8", "host bits [scrubbed]/8"},
 		{"err: x: y", "err: x: y"},
 		// IPv4 as before.
 		{"client 192.0.2.7:443 and 127.0.0.1:80", "client [scrubbed] and 127.0.0.1:80"},
