@@ -1,6 +1,9 @@
 package runner
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // Unbracketed IPv6 addresses are scrubbed like the others; what only looks
 // like one stays.
@@ -42,4 +45,24 @@ func TestElideAddrsIPv6(t *testing.T) {
 			t.Errorf("ElideAddrs(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
+}
+
+// FuzzElideAddrs: any line (a child's stderr, an error from the network)
+// comes out without a panic, scrubbing is idempotent, and a public host
+// address put into the line is gone from it.
+func FuzzElideAddrs(f *testing.F) {
+	for _, s := range []string{"", "dial 203.0.113.5:443: refused", "[2001:db8::1]:443", "deny 10.0.0.0/8", "fe80::1%eth0",
+		"12:34:56", "std::string", "203.0.113.5/32", "::ffff:127.0.0.1", "1.2.3.4/", "a::b::c", "[::1]:9/7"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		once := ElideAddrs(s)
+		if twice := ElideAddrs(once); twice != once {
+			t.Fatalf("not idempotent: %q -> %q -> %q", s, once, twice)
+		}
+		line := s + " peer 198.51.100.7:9001 gone"
+		if out := ElideAddrs(line); strings.Contains(out, "198.51.100.7") {
+			t.Fatalf("%q kept a public address: %q", line, out)
+		}
+	})
 }
