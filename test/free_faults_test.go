@@ -102,7 +102,7 @@ func TestFreeFaultBridge(t *testing.T) {
 	echo := echoServer(t)
 	conns := inFlight(t, r, echo, 5)
 	r.srv.Process.Kill()
-	r.srv.Wait()
+	waitExited(t, r.srv)
 	failed(t, conns)
 	// Down: refused, after the session wait at most, with a reply.
 	for i := range 3 {

@@ -5,8 +5,12 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,15 +31,35 @@ func startStandalone(t *testing.T, n int, path string, args ...string) []string 
 func launchStandalone(t *testing.T, n int, path string, args ...string) ([]string, *syncBuffer, *exec.Cmd) {
 	t.Helper()
 	cmd := exec.Command(path, args...)
+	// A TMPDIR of its own, to see that the program leaves nothing there
+	// (ptcombiner-client without --state-dir keeps its children's state
+	// in a temporary directory).
+	tmp := t.TempDir()
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
 	out, _ := cmd.StdoutPipe()
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	standaloneExits.Store(cmd, exited)
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		// Ended as an operator or a service manager ends it; a program a
+		// test killed itself has nothing to say about its cleanup.
+		if cmd.Process.Signal(syscall.SIGTERM) == nil {
+			select {
+			case <-exited:
+				if left, _ := os.ReadDir(tmp); len(left) > 0 {
+					t.Errorf("%s left %d entries in its TMPDIR after SIGTERM (%s...)", filepath.Base(path), len(left), left[0].Name())
+				}
+			case <-time.After(eventCeiling):
+				t.Errorf("%s did not exit within %v of SIGTERM", filepath.Base(path), eventCeiling)
+				cmd.Process.Kill()
+				<-exited
+			}
+		}
 		if t.Failed() {
 			t.Logf("%s stderr:\n%s", path, tail(stderr.String(), 20))
 		}
@@ -50,6 +74,22 @@ func launchStandalone(t *testing.T, n int, path string, args ...string) ([]strin
 	}
 	go io.Copy(io.Discard, out)
 	return lines, stderr, cmd
+}
+
+// standaloneExits holds, for each program launchStandalone started, a
+// channel closed once it has exited (launchStandalone waits for it: a test
+// waits with waitExited, never with cmd.Wait).
+var standaloneExits sync.Map // *exec.Cmd -> chan struct{}
+
+// waitExited waits until cmd, started by launchStandalone, has exited.
+func waitExited(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	ch, _ := standaloneExits.Load(cmd)
+	select {
+	case <-ch.(chan struct{}):
+	case <-time.After(eventCeiling):
+		t.Fatalf("%s did not exit within %v", filepath.Base(cmd.Path), eventCeiling)
+	}
 }
 
 // Without tor: ptcombiner-server forwards a chain to a plain TCP service,
