@@ -1,6 +1,7 @@
 package chain
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -101,4 +102,22 @@ func TestKeepState(t *testing.T) {
 	if len(entries) != 2 {
 		t.Errorf("files left in the state directory: %v", entries)
 	}
+}
+
+// FuzzCheckObfs4State: any file content is judged without a panic, and
+// what it accepts is a state obfs4 can load (three hex fields of their
+// lengths).
+func FuzzCheckObfs4State(f *testing.F) {
+	for _, s := range []string{goodObfs4State, goodObfs4State[:60], "", "{}", "null", "[]", `{"node-id":1}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if checkObfs4State(b) != nil {
+			return
+		}
+		var st obfs4State
+		if err := json.Unmarshal(b, &st); err != nil || len(st.NodeID) != 40 || len(st.PrivateKey) != 64 || len(st.DrbgSeed) != 48 {
+			t.Fatalf("accepted %q", b)
+		}
+	})
 }
