@@ -175,17 +175,17 @@ func (p *torPool) down(ti *torInst, err error) {
 	wait = min(wait, torBackoffMax)
 	ti.retryAt = time.Now().Add(wait)
 	ti.lastErr = err
-	first := ti.failures == 1
+	failures := ti.failures // read under the lock: concurrent dials fail together
 	p.mu.Unlock()
 	if len(p.insts) == 1 {
 		return // the caller says why the client's connection is closed
 	}
 	log := p.log.Debug
-	if first {
+	if failures == 1 {
 		log = p.log.Warn
 	}
 	log("a tor instance failed: its streams go to the others meanwhile", "instance", ti.index, "extorport", ti.ExtORPort,
-		"retry_in", wait, "failures", ti.failures, "err", err)
+		"retry_in", wait, "failures", failures, "err", err)
 }
 
 // up clears ti's backoff after a success, and says so when it was down.

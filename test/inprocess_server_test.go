@@ -106,6 +106,9 @@ func TestServerInProcessInterop(t *testing.T) {
 	lines := startStandalone(t, 2, bin("ptcombiner-server"), append([]string{"--builtin", "obfs3,obfs4",
 		"--listen", "o3o4=127.0.0.1:0", "--listen", "o4o4=127.0.0.1:0", "--forward", echo, "--state-dir", t.TempDir()}, chains...)...)
 	cli := startCombiner(t, []string{"o3o4", "o4o4"}, append([]string{"--plugin", "obfs3,obfs4=" + obfs4proxy}, chains...)...)
+	// Only the obfs3|obfs4 chain is retried: at most one retry per four of
+	// its cases and the others', or the test fails.
+	budget := newRetryBudget(t, "obfs4proxy's stall on obfs3 inside obfs4", 0.25)
 	for _, line := range lines {
 		f := strings.Fields(line) // CHAIN alias addr ARGS args
 		if len(f) != 5 || f[0] != "CHAIN" {
@@ -115,14 +118,21 @@ func TestServerInProcessInterop(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		attempts := 1
+		if f[1] == "o3o4" { // obfs4proxy's client stalls on obfs3 inside obfs4 (PROTOCOLS.md A)
+			attempts = 3
+		}
 		for _, size := range inprocSizes()[1:] { // obfs4proxy closes both ways at the first EOF: 0 B shows nothing
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			conn, err := cli.dial(ctx, f[1], f[2], args)
-			cancel()
+			err := budget.run(t, attempts, func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				conn, err := cli.dial(ctx, f[1], f[2], args)
+				cancel()
+				if err != nil {
+					return err
+				}
+				return roundTrip(t, conn, size)
+			})
 			if err != nil {
-				t.Fatalf("%s: %v", f[1], err)
-			}
-			if err := roundTrip(t, conn, size); err != nil {
 				t.Fatalf("%s, %d bytes: %v", f[1], size, err)
 			}
 		}
