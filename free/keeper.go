@@ -189,7 +189,6 @@ type Stream struct {
 	// (Keeper.Start); its reply is still to be read, by the first Read
 	// or WriteTo, which fail with a *RefusedError when it refuses.
 	granted bool
-	in      *headStart // the stream's bytes once its reply was read; nil: none read yet
 }
 
 // Read reads the stream's bytes, after the bridge's reply to an
@@ -197,9 +196,6 @@ type Stream struct {
 func (s *Stream) Read(b []byte) (int, error) {
 	if err := s.reply(); err != nil {
 		return 0, err
-	}
-	if s.in != nil {
-		return s.in.Read(b)
 	}
 	return s.Stream.Read(b)
 }
@@ -209,9 +205,6 @@ func (s *Stream) Read(b []byte) (int, error) {
 func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 	if err := s.reply(); err != nil {
 		return 0, err
-	}
-	if s.in != nil {
-		return s.in.WriteTo(w)
 	}
 	return s.Stream.WriteTo(w)
 }
@@ -223,14 +216,7 @@ func (s *Stream) reply() error {
 		return nil
 	}
 	s.granted = false
-	// readFirst: the reply, and the destination's first bytes after it,
-	// go on while the stream's first window update is sent.
-	in, err := readFirst(s.Stream)
-	if err != nil {
-		return fmt.Errorf("free: read the server's reply: %w", err)
-	}
-	s.in = in
-	rep, err := readReply(in)
+	rep, err := readReply(s.Stream)
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,6 @@
 package free
 
 import (
-	"bytes"
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -97,12 +95,8 @@ func copyAdaptive(dst io.Writer, src io.Reader) (written int64, err error) {
 // the reply (replied closed) to be written first.
 type serverStream struct {
 	*smux.Stream
-	in      *headStart // the stream's bytes, the first ones read already
 	replied <-chan struct{}
 }
-
-func (s serverStream) Read(b []byte) (int, error)         { return s.in.Read(b) }
-func (s serverStream) WriteTo(w io.Writer) (int64, error) { return s.in.WriteTo(w) }
 
 func (s serverStream) ReadFrom(r io.Reader) (int64, error) {
 	<-s.replied
@@ -147,119 +141,4 @@ func (c *watchedConn) fail(err error) {
 		c.err = err
 		close(c.broken)
 	})
-}
-
-// A stream's first bytes, without waiting for its first window update.
-// smux v2 answers a stream's first read with a window update (it tells the
-// peer the stream's window), and its Read waits until the session's send
-// loop wrote that frame (hand-offs through the shaper and the send loop,
-// and a system call) before it returns the bytes: on the server, before
-// the header is parsed and the destination dialled; on the client,
-// before the reply and the destination's first bytes reach the
-// application. Its WriteTo hands the bytes on before it sends the update,
-// so readFirst takes them through WriteTo, in a goroutine that then sends
-// the update while the caller goes on.
-
-// errFirstRead ends readFirst's WriteTo once it holds the first bytes.
-var errFirstRead = errors.New("free: first read done")
-
-// firstWriter takes the first bytes WriteTo writes, and stops it.
-type firstWriter chan<- []byte
-
-func (w firstWriter) Write(b []byte) (int, error) {
-	w <- bytes.Clone(b)
-	return len(b), errFirstRead
-}
-
-// headStart is a stream whose first bytes readFirst read: its Read and
-// WriteTo give those first, then the stream's. The stream's next window
-// update must follow the first one, so headStart waits for the first to
-// be sent before it reads enough from the stream to send another (half
-// its window: MaxStreamBuffer/2).
-type headStart struct {
-	st      *smux.Stream
-	pending []byte        // the first bytes not read yet
-	sent    chan struct{} // closed once the first window update was sent, or failed
-	read    int           // bytes read from st after the first, until sent is closed
-}
-
-// readFirst returns st with its first bytes read (at least one), or the
-// error that ended the stream before any came (io.EOF for an end).
-func readFirst(st *smux.Stream) (*headStart, error) {
-	h := &headStart{st: st, sent: make(chan struct{})}
-	first := make(chan []byte, 1)
-	fail := make(chan error, 1)
-	go func() {
-		defer close(h.sent)
-		_, err := st.WriteTo(firstWriter(first))
-		if err == nil {
-			err = io.EOF
-		}
-		if err != errFirstRead {
-			fail <- err
-		}
-	}()
-	select {
-	case h.pending = <-first:
-		return h, nil
-	case err := <-fail:
-		return nil, err
-	}
-}
-
-// earlyLimit bounds what headStart reads from the stream before the first
-// window update was sent: less than half the stream's window, after which
-// smux sends the next.
-const earlyLimit = 1 << 18
-
-// before is called before n bytes are read from the stream.
-func (h *headStart) before(n int) {
-	if h.sent == nil {
-		return
-	}
-	if h.read+n >= earlyLimit {
-		<-h.sent
-		h.sent = nil
-		return
-	}
-	h.read += n
-}
-
-func (h *headStart) Read(b []byte) (int, error) {
-	if len(h.pending) > 0 {
-		n := copy(b, h.pending)
-		h.pending = h.pending[n:]
-		return n, nil
-	}
-	h.before(len(b))
-	return h.st.Read(b)
-}
-
-// WriteTo writes the first bytes left, then the stream's (smux's WriteTo).
-func (h *headStart) WriteTo(w io.Writer) (int64, error) {
-	var n int64
-	if len(h.pending) > 0 {
-		k, err := w.Write(h.pending)
-		n += int64(k)
-		h.pending = h.pending[k:]
-		if err != nil {
-			return n, err
-		}
-	}
-	if h.sent != nil {
-		w = earlyWriter{h, w}
-	}
-	k, err := h.st.WriteTo(w)
-	return n + k, err
-}
-
-// earlyWriter is WriteTo's writer until the first window update was sent.
-type earlyWriter struct {
-	h *headStart
-	w io.Writer
-}
-
-func (e earlyWriter) Write(b []byte) (int, error) {
-	e.h.before(len(b))
-	return e.w.Write(b)
 }

@@ -148,15 +148,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, label string) {
 func (s *Server) stream(ctx context.Context, st *smux.Stream, log *slog.Logger) {
 	defer st.Close()
 	st.SetReadDeadline(time.Now().Add(s.HeaderTimeout))
-	// readFirst: the header is parsed, and its destination dialled, while
-	// the stream's first window update is sent.
-	var h Header
-	hs, err := readFirst(st)
-	if err != nil {
-		err = fmt.Errorf("free: read stream header: %w", err)
-	} else {
-		h, err = ReadHeader(hs)
-	}
+	h, err := ReadHeader(st)
 	if err != nil {
 		// Only this stream ends: the session and the other streams go on.
 		log.Warn("malformed stream header: closing the stream", "err", err)
@@ -171,9 +163,9 @@ func (s *Server) stream(ctx context.Context, st *smux.Stream, log *slog.Logger) 
 	st.SetReadDeadline(time.Time{})
 	switch h.Command {
 	case Connect:
-		s.connect(ctx, st, hs, h.Dest, log)
+		s.connect(ctx, st, h.Dest, log)
 	case UDP:
-		s.udp(ctx, st, hs, log)
+		s.udp(ctx, st, log)
 	case Advertise:
 		s.advertise(st, log)
 	}
@@ -243,7 +235,7 @@ func (s *Server) allowed(ctx context.Context, dest shim.Addr) ([]netip.Addr, *re
 }
 
 // connect dials dest and joins the stream to it.
-func (s *Server) connect(ctx context.Context, st *smux.Stream, hs *headStart, dest shim.Addr, log *slog.Logger) {
+func (s *Server) connect(ctx context.Context, st *smux.Stream, dest shim.Addr, log *slog.Logger) {
 	dctx, cancel := context.WithTimeout(ctx, s.DialTimeout)
 	out, ref := s.dial(dctx, dest)
 	cancel()
@@ -266,7 +258,7 @@ func (s *Server) connect(ctx context.Context, st *smux.Stream, hs *headStart, de
 			st.Close()
 		}
 	}()
-	if _, _, err := shim.Pipe(ctx, serverStream{st, hs, replied}, out); err != nil {
+	if _, _, err := shim.Pipe(ctx, serverStream{st, replied}, out); err != nil {
 		log.Debug("stream ended", "dest", s.show(dest), "err", err)
 	}
 }

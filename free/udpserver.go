@@ -3,7 +3,6 @@ package free
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -29,7 +28,6 @@ const (
 type udpRelay struct {
 	s   *Server
 	st  *smux.Stream
-	in  io.Reader // st's bytes (the first ones read already)
 	pc  *net.UDPConn
 	log *slog.Logger
 
@@ -42,7 +40,7 @@ type udpRelay struct {
 }
 
 // udp serves a UDP association on st.
-func (s *Server) udp(ctx context.Context, st *smux.Stream, in io.Reader, log *slog.Logger) {
+func (s *Server) udp(ctx context.Context, st *smux.Stream, log *slog.Logger) {
 	// One socket for both families: IPv4 destinations go out as
 	// IPv4-mapped addresses.
 	pc, err := net.ListenUDP("udp", &net.UDPAddr{})
@@ -55,7 +53,7 @@ func (s *Server) udp(ctx context.Context, st *smux.Stream, in io.Reader, log *sl
 		pc.Close()
 		return
 	}
-	r := &udpRelay{s: s, st: st, in: in, pc: pc, log: log, peers: map[netip.AddrPort]bool{},
+	r := &udpRelay{s: s, st: st, pc: pc, log: log, peers: map[netip.AddrPort]bool{},
 		names: map[string][]netip.Addr{}, warned: map[string]bool{}}
 	r.run(ctx)
 }
@@ -106,7 +104,7 @@ func (r *udpRelay) idleTimer(end func()) *time.Timer {
 func (r *udpRelay) up(ctx context.Context) {
 	buf := make([]byte, maxFrame)
 	for {
-		dest, data, err := ReadFrame(r.in, buf)
+		dest, data, err := ReadFrame(r.st, buf)
 		if errors.Is(err, ErrFrame) {
 			r.refuse(dest, "malformed frame dropped", err)
 			continue
