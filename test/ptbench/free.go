@@ -14,7 +14,13 @@ import (
 // connection of the load generator is a stream of one session over one
 // chained connection, and goes to the plain sink.
 func (e *env) startFree(pt string, hops int) (*topology, error) {
-	t := &topology{kind: "f", pt: pt, hops: hops}
+	return e.startFreeFrom(e.binDir, "", pt, hops)
+}
+
+// startFreeFrom is startFree with the combiners of binDir, named build in
+// the table (the PT programs are e.binDir's).
+func (e *env) startFreeFrom(binDir, build, pt string, hops int) (*topology, error) {
+	t := &topology{kind: "f", pt: pt, hops: hops, build: build}
 	prog, opts := e.ptProgram(pt)
 	alias := fmt.Sprintf("%s%d", pt, hops)
 	flags := []string{"--plugin", pt + "=" + prog, "--chain", alias + "=" + t.chain(), "--log-level", "warn"}
@@ -31,7 +37,7 @@ func (e *env) startFree(pt string, hops int) (*topology, error) {
 	if err := os.WriteFile(config, []byte(line), 0o600); err != nil {
 		return nil, err
 	}
-	server, err := startProgram(filepath.Join(e.binDir, "ptcombiner-server"), append(flags, "--config", config,
+	server, err := startProgram(filepath.Join(binDir, "ptcombiner-server"), append(flags, "--config", config,
 		"--listen", alias+"=127.0.0.1:0", "--free", "--allow", "127.0.0.0/8", "--state-dir", e.dir("free-server"))...)
 	if err != nil {
 		return nil, err
@@ -43,7 +49,7 @@ func (e *env) startFree(pt string, hops int) (*topology, error) {
 		t.run()
 		return nil, fmt.Errorf("ptcombiner-server --free printed %q: %v", chain, err)
 	}
-	client, err := startProgram(filepath.Join(e.binDir, "ptcombiner-client"), append(flags,
+	client, err := startProgram(filepath.Join(binDir, "ptcombiner-client"), append(flags,
 		"--proxy", "127.0.0.1:0="+alias+"@"+f[1], "--args", alias+"="+f[3])...)
 	if err != nil {
 		t.run()

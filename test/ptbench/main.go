@@ -245,6 +245,14 @@ func run(binDir, otherDir string, hops []int, pts, refs []string, refPublic bool
 					return err
 				}
 				group = append(group, t)
+				if e.otherDir != "" {
+					t, err := e.startFreeFrom(e.otherDir, "other", pt, n)
+					if err != nil {
+						closeGroup(group)
+						return err
+					}
+					group = append(group, t)
+				}
 			}
 			for _, c := range p.inproc {
 				if strings.Join(c, "|") != strings.Join(repeatPT(pt, n), "|") || inprocDone[strings.Join(c, "|")] {
@@ -438,7 +446,11 @@ func freeRatios(rows []row) {
 			}
 			return fmt.Sprintf("%.2f", x/y)
 		}
-		fmt.Printf("(f) %-18s %11.2f %9s %9s %13.2f %13.2f %12s %6.2f|%-6.2f\n", f.t.chain(), float64(f.r.p50)/float64(a.r.p50),
+		label := f.t.chain()
+		if f.t.build != "" {
+			label += " (" + f.t.build + ")"
+		}
+		fmt.Printf("(f) %-18s %11.2f %9s %9s %13.2f %13.2f %12s %6.2f|%-6.2f\n", label, float64(f.r.p50)/float64(a.r.p50),
 			ratio(f.r.single, a.r.single), ratio(f.r.multi, a.r.multi), f.r.fair, a.r.fair, beyond, ms(f.r.rtt), ms(a.r.rtt))
 	}
 }

@@ -59,6 +59,9 @@ func (t *topology) name() string {
 	case "c'":
 		return fmt.Sprintf("(c') relay, splice, %s", t.chain())
 	case "f":
+		if t.build != "" {
+			return fmt.Sprintf("(f) free session (%s build), %s", t.build, t.chain())
+		}
 		return fmt.Sprintf("(f) free session, %s", t.chain())
 	case "e":
 		if t.build != "" {
