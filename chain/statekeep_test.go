@@ -81,14 +81,18 @@ func TestKeepState(t *testing.T) {
 	if _, err := os.Stat(path + lastGoodSuffix); err == nil {
 		t.Fatal("a copy of no state")
 	}
-	os.WriteFile(path, []byte("{"), 0o600)
+	if err := os.WriteFile(path, []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := keepState(dir); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(path + lastGoodSuffix); err == nil {
 		t.Fatal("a damaged state was kept as the last good one")
 	}
-	os.WriteFile(path, []byte(goodObfs4State), 0o600)
+	if err := os.WriteFile(path, []byte(goodObfs4State), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := keepState(dir); err != nil {
 		t.Fatal(err)
 	}
