@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/ptcombiner/ptcombiner/internal/procstat"
 )
@@ -14,12 +15,13 @@ import (
 // connection of the load generator is a stream of one session over one
 // chained connection, and goes to the plain sink.
 func (e *env) startFree(pt string, hops int) (*topology, error) {
-	return e.startFreeFrom(e.binDir, "", pt, hops)
+	return e.startFreeFrom(e.binDir, "", pt, hops, 0)
 }
 
 // startFreeFrom is startFree with the combiners of binDir, named build in
-// the table (the PT programs are e.binDir's).
-func (e *env) startFreeFrom(binDir, build, pt string, hops int) (*topology, error) {
+// the table (the PT programs are e.binDir's), and with the bridge behind
+// an emulated link of oneWay each way when oneWay is set.
+func (e *env) startFreeFrom(binDir, build, pt string, hops int, oneWay time.Duration) (*topology, error) {
 	t := &topology{kind: "f", pt: pt, hops: hops, build: build}
 	prog, opts := e.ptProgram(pt)
 	alias := fmt.Sprintf("%s%d", pt, hops)
@@ -49,8 +51,15 @@ func (e *env) startFreeFrom(binDir, build, pt string, hops int) (*topology, erro
 		t.run()
 		return nil, fmt.Errorf("ptcombiner-server --free printed %q: %v", chain, err)
 	}
+	bridge := f[1]
+	if oneWay > 0 {
+		if bridge, err = t.overLink(bridge, oneWay); err != nil {
+			t.run()
+			return nil, err
+		}
+	}
 	client, err := startProgram(filepath.Join(binDir, "ptcombiner-client"), append(flags,
-		"--proxy", "127.0.0.1:0="+alias+"@"+f[1], "--args", alias+"="+f[3])...)
+		"--proxy", "127.0.0.1:0="+alias+"@"+bridge, "--args", alias+"="+f[3])...)
 	if err != nil {
 		t.run()
 		return nil, err
@@ -70,4 +79,95 @@ func (e *env) startFreeFrom(binDir, build, pt string, hops int) (*topology, erro
 	// destination, and the chain as for (a).
 	t.splicesClient, t.splicesServer = hops, hops+1
 	return t, nil
+}
+
+// measureOverLink measures each chain's setup again, bound and free, with
+// the bridge behind an emulated link (delayLink) of p.linkOneWay each way:
+// on loopback a round trip costs next to nothing, so a fresh chained
+// connection's handshakes cost little more than a stream's; on a link
+// they are what it costs. Only the setups and the round trips: the
+// link's sleeping copies would blur the rest.
+func measureOverLink(e *env, pts []string, hops []int, p params) ([]row, error) {
+	if p.linkOneWay <= 0 || p.linkSetups <= 0 || !p.free {
+		return nil, nil
+	}
+	lp := params{setups: p.linkSetups}
+	var rows []row
+	for _, pt := range pts {
+		kind := map[string]string{"test": "a", "obfs4": "b"}[pt]
+		if pt == "obfs4" && e.obfs4proxy == "" {
+			continue
+		}
+		for _, n := range hops {
+			bound, err := e.startCombiners(kind, pt, n, e.sinkExt, e.cookie)
+			if err != nil {
+				return nil, err
+			}
+			if bound.target, err = bound.overLink(bound.target, p.linkOneWay); err != nil {
+				bound.run()
+				return nil, err
+			}
+			free, err := e.startFreeFrom(e.binDir, "", pt, n, p.linkOneWay)
+			if err != nil {
+				bound.run()
+				return nil, err
+			}
+			group := []*topology{bound, free}
+			rs, err := measureGroup(group, lp, func(t *topology, s string) {
+				fmt.Fprintf(os.Stderr, "  %-36s %s\n", t.name(), s)
+			})
+			closeGroup(group)
+			if err != nil {
+				return nil, err
+			}
+			for i, t := range group {
+				rows = append(rows, row{t, rs[i]})
+			}
+		}
+	}
+	return rows, nil
+}
+
+// linkRatios prints the setups over the emulated link, free against
+// bound, against issue 14's target: what a new stream adds (its setup
+// beyond its first byte's round trip, which any connection pays) at most
+// 0.2x a fresh chained connection's setup.
+func linkRatios(rows []row, p params) {
+	bound := map[string]*row{}
+	for i := range rows {
+		if rw := &rows[i]; rw.t.kind != "f" {
+			bound[rw.t.chain()] = rw
+		}
+	}
+	header := false
+	for i := range rows {
+		f := &rows[i]
+		a := bound[f.t.chain()]
+		if f.t.kind != "f" || a == nil || a.r.p50 == 0 || f.r.p50 == 0 {
+			continue
+		}
+		if !header {
+			fmt.Printf("\nSetups over an emulated link of %v round trip between the user's side and the bridge (delayLink:\n", 2*p.linkOneWay)
+			fmt.Printf("each byte held %v each way, a TCP handshake's round trip per connection), %d setups each, free (f)\n", p.linkOneWay, p.linkSetups)
+			fmt.Printf("against bound (a, b). A fresh chained connection pays its TCP and PT handshakes in the link's round\n")
+			fmt.Printf("trips; a new stream of the open session only its first byte's. Target: what a new stream adds (its\n")
+			fmt.Printf("setup p50 less its byte round trip on an open stream, RTT) <= 0.2x a chained connection's setup p50.\n")
+			fmt.Printf("\"x bound adds\" is against what the chained connection adds in the same way (its setup less its RTT).\n")
+			fmt.Printf("%-22s %9s %9s %8s %11s %9s %7s %11s %15s\n", "chain", "bound", "free", "free", "stream adds", "adds", "", "adds", "RTT p50 ms")
+			fmt.Printf("%-22s %9s %9s %8s %11s %9s %7s %11s %15s\n", "", "setup ms", "setup ms", "x bound", "ms", "x bound", "target", "x bound adds", "free|bound")
+			header = true
+		}
+		adds := f.r.p50 - f.r.rtt
+		x := float64(adds) / float64(a.r.p50)
+		verdict := "met"
+		if x > 0.2 {
+			verdict = "MISSED"
+		}
+		vsAdds := "-"
+		if boundAdds := a.r.p50 - a.r.rtt; boundAdds > 0 {
+			vsAdds = fmt.Sprintf("%.3f", float64(adds)/float64(boundAdds))
+		}
+		fmt.Printf("(f) %-18s %9.2f %9.2f %8.2f %11.2f %9.3f %7s %11s %7.2f|%-7.2f\n", f.t.chain(), ms(a.r.p50), ms(f.r.p50),
+			float64(f.r.p50)/float64(a.r.p50), ms(adds), x, verdict, vsAdds, ms(f.r.rtt), ms(a.r.rtt))
+	}
 }

@@ -69,6 +69,8 @@ func main() {
 	profile := flag.String("profile-inproc", "", "after the table, write a Go CPU profile of the in-process engines (client and server in one process) carrying -profile-chain under bulk load (one stream, -size MiB each way) to `FILE`")
 	profileChain := flag.String("profile-chain", "obfs4|obfs4", "the chain of builtin methods -profile-inproc profiles")
 	verbose := flag.Bool("v", false, "show every process's log")
+	linkRTT := flag.Duration("link-rtt", 20*time.Millisecond, "round trip of the emulated link between the user's side and the bridge over which each chain's setup is measured again, bound (a, b) and free (f); 0 skips")
+	linkSetups := flag.Int("link-setups", 100, "setups over the emulated link (-link-rtt), per topology")
 	flag.DurationVar(&slowSetup, "slow", 0, "report every setup slower than this (to chase stalls)")
 	flag.Parse()
 	if *verbose {
@@ -84,6 +86,7 @@ func main() {
 	}
 	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle, holdOnly: *holdOnly, free: *free}
 	p.profile, p.profileChain = *profile, *profileChain
+	p.linkOneWay, p.linkSetups = *linkRTT/2, *linkSetups
 	var err error
 	if p.inproc, err = parseInproc(*inprocList); err != nil {
 		fail(err)
@@ -246,7 +249,7 @@ func run(binDir, otherDir string, hops []int, pts, refs []string, refPublic bool
 				}
 				group = append(group, t)
 				if e.otherDir != "" {
-					t, err := e.startFreeFrom(e.otherDir, "other", pt, n)
+					t, err := e.startFreeFrom(e.otherDir, "other", pt, n, 0)
 					if err != nil {
 						closeGroup(group)
 						return err
@@ -275,9 +278,15 @@ func run(binDir, otherDir string, hops []int, pts, refs []string, refPublic bool
 	}); err != nil {
 		return err
 	}
+	linkRows, err := measureOverLink(e, pts, hops, p)
+	if err != nil {
+		return err
+	}
 	ratios(rows)
 	freeRatios(rows)
+	linkRatios(linkRows, p)
 	inprocRatios(rows)
+	rows = append(rows, linkRows...) // their errors count
 	if p.profile != "" && p.size > 0 {
 		if err := profileInproc(e, p.profileChain, p.profile, p); err != nil {
 			return err

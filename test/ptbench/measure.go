@@ -35,6 +35,11 @@ type params struct {
 	// profile, when set, is where the CPU profile of the in-process
 	// engines goes (-profile-inproc).
 	profile, profileChain string
+	// linkOneWay, when set, is the one-way delay of the emulated link
+	// over which each chain's setup is measured again (-link-rtt), with
+	// linkSetups setups (-link-setups).
+	linkOneWay time.Duration
+	linkSetups int
 }
 
 // result is what one topology measured.

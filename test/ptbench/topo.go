@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/ptcombiner/ptcombiner/internal/procstat"
 	"github.com/ptcombiner/ptcombiner/metadata"
@@ -26,6 +27,9 @@ type topology struct {
 	// they differ (obfs3|obfs4); pt is then the first.
 	hopPTs []string
 	build  string // for the combiners: "" (-bin) or "other" (-other)
+	// link, when set, is the one-way delay of the emulated link between
+	// the user's side and the bridge (delayLink, -link-rtt).
+	link   time.Duration
 	socks  string // where the application connects; "" for raw TCP
 	target string // the SOCKS target (the bridge), or the sink for raw TCP
 	user   []byte // SOCKS credentials: the chain's arguments
@@ -51,6 +55,13 @@ type topology struct {
 }
 
 func (t *topology) name() string {
+	if t.link > 0 {
+		return fmt.Sprintf("%s, %v RTT", t.baseName(), 2*t.link)
+	}
+	return t.baseName()
+}
+
+func (t *topology) baseName() string {
 	switch t.kind {
 	case "d":
 		return "(d) raw TCP"
@@ -86,6 +97,18 @@ func (t *topology) chain() string {
 		return "-"
 	}
 	return strings.TrimSuffix(strings.Repeat(t.pt+"|", t.hops), "|")
+}
+
+// overLink puts t's bridge, at addr, behind an emulated link of oneWay
+// each way (delayLink), closed with t, and returns where to reach it.
+func (t *topology) overLink(addr string, oneWay time.Duration) (string, error) {
+	l, err := startDelayLink(addr, oneWay)
+	if err != nil {
+		return "", err
+	}
+	t.link = oneWay
+	t.add(l.Close)
+	return l.Addr(), nil
 }
 
 // env is what every topology shares: binaries, the sink, a work directory.
