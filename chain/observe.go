@@ -323,6 +323,15 @@ func (c *countedConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteBuffers writes v as one write (shim.WriteBuffers).
+func (c *countedConn) WriteBuffers(v [][]byte) (int, error) {
+	n, err := shim.WriteBuffers(c.Conn, v)
+	if n > 0 {
+		c.down(int64(n))
+	}
+	return n, err
+}
+
 // CloseWrite half-closes the stream where the conn beneath can.
 func (c *countedConn) CloseWrite() error {
 	if hc, ok := c.Conn.(interface{ CloseWrite() error }); ok {

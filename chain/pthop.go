@@ -295,6 +295,13 @@ func (c *ptConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// WriteBuffers writes v in one system call (writev).
+func (c *ptConn) WriteBuffers(v [][]byte) (int, error) {
+	n, err := shim.WriteBuffers(c.TCPConn, v)
+	c.written.Add(int64(n))
+	return n, err
+}
+
 // Close closes the connection to the PT and lets the pipe behind it drain
 // for at most the linger.
 func (c *ptConn) Close() error {

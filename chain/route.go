@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ptcombiner/ptcombiner/metadata"
+	"github.com/ptcombiner/ptcombiner/shim"
 	"github.com/ptcombiner/ptcombiner/transport"
 )
 
@@ -179,6 +180,14 @@ func (c *Conn) Read(b []byte) (int, error) {
 
 func (c *Conn) Write(b []byte) (int, error) {
 	n, err := c.inner.Write(b)
+	c.wrote(int64(n))
+	return n, err
+}
+
+// WriteBuffers writes v as one write (shim.WriteBuffers): one system
+// call when the innermost hop is a PT.
+func (c *Conn) WriteBuffers(v [][]byte) (int, error) {
+	n, err := shim.WriteBuffers(c.inner, v)
 	c.wrote(int64(n))
 	return n, err
 }

@@ -46,7 +46,7 @@ func newFakeBridge(t *testing.T, advert *Policy, wait bool) *fakeBridge {
 			return
 		}
 		defer c.Close()
-		mux, err := smux.Server(c, muxConfig())
+		mux, err := smux.Server(c, muxConfig(0))
 		if err != nil {
 			return
 		}

@@ -48,6 +48,10 @@ type Keeper struct {
 	// doubles from MinBackoff at each failure, to MaxBackoff, with 20%
 	// jitter. The first dial after a session broke does not wait.
 	MinBackoff, MaxBackoff time.Duration
+	// StreamWindow is each stream's receive window in bytes, what the
+	// bridge may send ahead on one stream (0: DefaultStreamWindow;
+	// CheckStreamWindow gives the range).
+	StreamWindow int
 
 	once   sync.Once
 	ctx    context.Context // cancelled by Close
@@ -474,7 +478,7 @@ func (k *Keeper) backoff() time.Duration {
 // newSession starts a session over conn and its watcher; k.mu is held.
 func (k *Keeper) newSession(conn net.Conn) (*clientSession, error) {
 	wc := watch(conn)
-	mux, err := smux.Client(wc, muxConfig())
+	mux, err := smux.Client(wc, muxConfig(k.StreamWindow))
 	if err != nil { // only a bad configuration fails
 		conn.Close()
 		return nil, err

@@ -48,6 +48,10 @@ type Server struct {
 	// ShowNames logs destination names; by default they are scrubbed, as
 	// the runner scrubs IP addresses.
 	ShowNames bool
+	// StreamWindow is each stream's receive window in bytes, what a
+	// client may send ahead on one stream (0: DefaultStreamWindow;
+	// CheckStreamWindow gives the range).
+	StreamWindow int
 
 	once     sync.Once
 	sessions atomic.Int64 // open now
@@ -93,7 +97,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, label string) {
 	s.init()
 	log := s.Logger.With("chain", label)
 	wc := watch(conn)
-	mux, err := smux.Server(wc, muxConfig())
+	mux, err := smux.Server(wc, muxConfig(s.StreamWindow))
 	if err != nil { // only a bad configuration fails
 		log.Error("free session", "err", err)
 		conn.Close()

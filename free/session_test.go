@@ -523,3 +523,57 @@ func TestSessionManyStreams(t *testing.T) {
 		t.Errorf("%d sessions dialled, want 1", n)
 	}
 }
+
+// Both ends' stream windows (Keeper.StreamWindow, Server.StreamWindow),
+// the smallest and a large one: streams carry their bytes exactly, each
+// end's session buffers 16 windows, and the default is 1 MiB.
+func TestSessionStreamWindow(t *testing.T) {
+	if c := muxConfig(0); c.MaxStreamBuffer != DefaultStreamWindow || c.MaxReceiveBuffer != 16*DefaultStreamWindow {
+		t.Errorf("default config: stream %d, session %d", c.MaxStreamBuffer, c.MaxReceiveBuffer)
+	}
+	for _, n := range []int{MinStreamWindow - 1, MaxStreamWindow + 1} {
+		if CheckStreamWindow(n) == nil {
+			t.Errorf("CheckStreamWindow(%d) = nil", n)
+		}
+	}
+	echo := tcpEcho(t)
+	for _, window := range []int{MinStreamWindow, 8 << 20} {
+		t.Run(fmt.Sprintf("%dKiB", window>>10), func(t *testing.T) {
+			if err := CheckStreamWindow(window); err != nil {
+				t.Fatal(err)
+			}
+			r := newRig(t, &Server{Policy: loopbackPolicy(t), StreamWindow: window}, func(k *Keeper, _ *Proxy) { k.StreamWindow = window })
+			dialer, err := proxy.SOCKS5("tcp", r.proxy, nil, proxy.Direct)
+			if err != nil {
+				t.Fatal(err)
+			}
+			errs := freetest.Load(4, 4, func(i int) error {
+				c, err := dialer.Dial("tcp", echo)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(ceiling))
+				data := bytes.Repeat([]byte{byte(i), 1, 2, 3}, 1<<20) // 4 MiB
+				go func() {
+					c.Write(data)
+					c.(interface{ CloseWrite() error }).CloseWrite()
+				}()
+				got, err := io.ReadAll(c)
+				if err != nil {
+					return err
+				}
+				if !bytes.Equal(got, data) {
+					return fmt.Errorf("stream %d: %d bytes back of %d, or not the same", i, len(got), len(data))
+				}
+				return nil
+			})
+			if len(errs) > 0 {
+				t.Fatalf("%d streams failed; first: %v", len(errs), errs[0])
+			}
+			if n := r.dials.Load(); n != 1 {
+				t.Errorf("%d sessions dialled, want 1", n)
+			}
+		})
+	}
+}

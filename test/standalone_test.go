@@ -160,6 +160,11 @@ func TestStandaloneUsage(t *testing.T) {
 		// In-process obfs4 keeps its keys in the state directory as obfs4proxy does.
 		{bin("ptcombiner-server"), []string{"--builtin", "obfs4", "--listen", "obfs4=127.0.0.1:0", "--forward", "127.0.0.1:1"},
 			"--state-dir DIR is required without tor: the hops keep their keys there (obfs4's cert), in-process (--builtin)"},
+		// A session's stream window (docs/free.md, "Stream window").
+		{bin("ptcombiner-client"), []string{"--tunnel", "127.0.0.1:0=t@127.0.0.1:1", "--stream-window", "4096"}, "--stream-window without --proxy"},
+		{bin("ptcombiner-client"), []string{"--proxy", "127.0.0.1:0=t@127.0.0.1:1", "--stream-window", "16"}, "--stream-window: free: a stream window of 16 KiB: want 64 to 65536 KiB"},
+		{bin("ptcombiner-server"), []string{"--listen", "x=127.0.0.1:0", "--forward", "127.0.0.1:1", "--stream-window", "4096"}, "--stream-window needs --free"},
+		{bin("ptcombiner-server"), []string{"--listen", "x=127.0.0.1:0", "--free", "--stream-window", "100000"}, "want 64 to 65536 KiB"},
 	} {
 		out, err := exec.Command(tc.path, tc.args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), tc.want) {

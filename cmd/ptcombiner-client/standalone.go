@@ -71,6 +71,12 @@ func runStandalone(c *cli.Context) error {
 	if c.Bool("proxy-wait") && len(proxies) == 0 {
 		return errors.New("--proxy-wait without --proxy")
 	}
+	if c.IsSet("stream-window") && len(proxies) == 0 {
+		return errors.New("--stream-window without --proxy")
+	}
+	if err := free.CheckStreamWindow(c.Int("stream-window") << 10); err != nil {
+		return fmt.Errorf("--stream-window: %w", err)
+	}
 	log, closer, err := runner.Logger(c, false)
 	if err != nil {
 		return err
@@ -161,9 +167,10 @@ func runStandalone(c *cli.Context) error {
 			Dial: func(ctx context.Context) (net.Conn, error) {
 				return client.Dial(ctx, t.alias, t.bridge, t.args)
 			},
-			Label:       t.alias,
-			Logger:      log,
-			SessionWait: c.Duration("session-wait"),
+			Label:        t.alias,
+			Logger:       log,
+			SessionWait:  c.Duration("session-wait"),
+			StreamWindow: c.Int("stream-window") << 10,
 		}
 		keepers = append(keepers, k)
 		p := &free.Proxy{Keeper: k, Check: check, RequestTimeout: c.Duration("socks-timeout"), Logger: log, Wait: c.Bool("proxy-wait")}

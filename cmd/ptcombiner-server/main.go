@@ -50,6 +50,7 @@ func main() {
 			&cli.BoolFlag{Name: "free", Category: "Standalone (without tor)", Usage: "instead of --forward: every chained connection carries a session of streams to any destination, from a client's --proxy (see docs/free.md)"},
 			&cli.StringSliceFlag{Name: "allow", Category: "Standalone (without tor)", Usage: "with --free, destinations to allow: `PREFIX[:PORTS]`, e.g. 127.0.0.0/8, 192.0.2.0/24:80,443, [2001:db8::/32]:443, :443 (repeatable); loopback, private, link-local and multicast are denied unless allowed"},
 			&cli.StringSliceFlag{Name: "deny", Category: "Standalone (without tor)", Usage: "with --free, destinations to deny: `PREFIX[:PORTS]` (repeatable); the narrowest matching rule decides"},
+			&cli.IntFlag{Name: "stream-window", Category: "Standalone (without tor)", Value: free.DefaultStreamWindow >> 10, Usage: "with --free, each stream's receive window in KiB: what the other end may send ahead on one stream. A stream carries at most about this per round trip of the link (1024 KiB over 100 ms: about 6 MB/s); larger lifts that, but bulk streams share the session less evenly (see docs/free.md, \"Stream window\")"},
 			&cli.DurationFlag{Name: "udp-idle", Category: "Standalone (without tor)", Value: free.DefaultUDPIdle, Usage: "with --free, end a UDP association after this long without a datagram"},
 			&cli.StringFlag{Name: "state-dir", Category: "Standalone (without tor)", Usage: "`DIR` for the hops' state, in-process or in PT programs (obfs4's keys: keep it)"},
 		),

@@ -54,6 +54,11 @@ func runStandalone(c *cli.Context) error {
 		return errors.New("--forward HOST:PORT is required without tor: where finished streams go (or --free, see docs/free.md, or --tor-extorport ADDR=COOKIEFILE, once per tor instance)")
 	case !c.Bool("free") && (len(c.StringSlice("allow")) > 0 || len(c.StringSlice("deny")) > 0):
 		return errors.New("--allow and --deny need --free")
+	case !c.Bool("free") && c.IsSet("stream-window"):
+		return errors.New("--stream-window needs --free")
+	}
+	if err := free.CheckStreamWindow(c.Int("stream-window") << 10); err != nil {
+		return fmt.Errorf("--stream-window: %w", err)
 	}
 	policy, err := free.ParseRules(c.StringSlice("allow"), c.StringSlice("deny"))
 	if err != nil {
@@ -85,7 +90,7 @@ func runStandalone(c *cli.Context) error {
 	var streams func(ctx context.Context, conn net.Conn, alias, client string)
 	if c.Bool("free") {
 		fs := &free.Server{Policy: policy, Logger: log, DialTimeout: c.Duration("dial-timeout"),
-			UDPIdle: c.Duration("udp-idle"), ShowNames: c.Bool("unsafe-logging")}
+			UDPIdle: c.Duration("udp-idle"), ShowNames: c.Bool("unsafe-logging"), StreamWindow: c.Int("stream-window") << 10}
 		streams = func(ctx context.Context, conn net.Conn, alias, _ string) { fs.ServeConn(ctx, conn, alias) }
 	}
 	server := chain.NewServer(chain.ServerOptions{

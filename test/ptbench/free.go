@@ -26,6 +26,9 @@ func (e *env) startFreeFrom(binDir, build, pt string, hops int, oneWay time.Dura
 	prog, opts := e.ptProgram(pt)
 	alias := fmt.Sprintf("%s%d", pt, hops)
 	flags := []string{"--plugin", pt + "=" + prog, "--chain", alias + "=" + t.chain(), "--log-level", "warn"}
+	if e.streamWindow > 0 {
+		flags = append(flags, "--stream-window", fmt.Sprint(e.streamWindow))
+	}
 	config := e.dir("free-config")
 	var line string
 	for k, vs := range opts { // unprefixed: every hop
@@ -85,13 +88,15 @@ func (e *env) startFreeFrom(binDir, build, pt string, hops int, oneWay time.Dura
 // the bridge behind an emulated link (delayLink) of p.linkOneWay each way:
 // on loopback a round trip costs next to nothing, so a fresh chained
 // connection's handshakes cost little more than a stream's; on a link
-// they are what it costs. Only the setups and the round trips: the
-// link's sleeping copies would blur the rest.
+// they are what it costs. Then the streams, as over loopback: over a
+// link each stream's throughput is bounded by its window over the round
+// trip (TCP's own for a bound connection; the session's per-stream window
+// for a free one). No memory figures: the link's copies would blur them.
 func measureOverLink(e *env, pts []string, hops []int, p params) ([]row, error) {
 	if p.linkOneWay <= 0 || p.linkSetups <= 0 || !p.free {
 		return nil, nil
 	}
-	lp := params{setups: p.linkSetups}
+	lp := params{setups: p.linkSetups, size: p.linkSize, streams: p.streams}
 	var rows []row
 	for _, pt := range pts {
 		kind := map[string]string{"test": "a", "obfs4": "b"}[pt]
@@ -153,8 +158,9 @@ func linkRatios(rows []row, p params) {
 			fmt.Printf("trips; a new stream of the open session only its first byte's. Target: what a new stream adds (its\n")
 			fmt.Printf("setup p50 less its byte round trip on an open stream, RTT) <= 0.2x a chained connection's setup p50.\n")
 			fmt.Printf("\"x bound adds\" is against what the chained connection adds in the same way (its setup less its RTT).\n")
-			fmt.Printf("%-22s %9s %9s %8s %11s %9s %7s %11s %15s\n", "chain", "bound", "free", "free", "stream adds", "adds", "", "adds", "RTT p50 ms")
-			fmt.Printf("%-22s %9s %9s %8s %11s %9s %7s %11s %15s\n", "", "setup ms", "setup ms", "x bound", "ms", "x bound", "target", "x bound adds", "free|bound")
+			fmt.Printf("1 stream and 8 streams: MB/s each way, free|bound, as over loopback (%d MiB each way).\n", p.linkSize>>20)
+			fmt.Printf("%-22s %9s %9s %8s %11s %9s %7s %11s %15s %15s %15s\n", "chain", "bound", "free", "free", "stream adds", "adds", "", "adds", "RTT p50 ms", "1 stream", "8 streams")
+			fmt.Printf("%-22s %9s %9s %8s %11s %9s %7s %11s %15s %15s %15s\n", "", "setup ms", "setup ms", "x bound", "ms", "x bound", "target", "x bound adds", "free|bound", "free|bound", "free|bound")
 			header = true
 		}
 		adds := f.r.p50 - f.r.rtt
@@ -167,7 +173,7 @@ func linkRatios(rows []row, p params) {
 		if boundAdds := a.r.p50 - a.r.rtt; boundAdds > 0 {
 			vsAdds = fmt.Sprintf("%.3f", float64(adds)/float64(boundAdds))
 		}
-		fmt.Printf("(f) %-18s %9.2f %9.2f %8.2f %11.2f %9.3f %7s %11s %7.2f|%-7.2f\n", f.t.chain(), ms(a.r.p50), ms(f.r.p50),
-			float64(f.r.p50)/float64(a.r.p50), ms(adds), x, verdict, vsAdds, ms(f.r.rtt), ms(a.r.rtt))
+		fmt.Printf("(f) %-18s %9.2f %9.2f %8.2f %11.2f %9.3f %7s %11s %7.2f|%-7.2f %7.1f|%-7.1f %7.1f|%-7.1f\n", f.t.chain(), ms(a.r.p50), ms(f.r.p50),
+			float64(f.r.p50)/float64(a.r.p50), ms(adds), x, verdict, vsAdds, ms(f.r.rtt), ms(a.r.rtt), f.r.single, a.r.single, f.r.multi, a.r.multi)
 	}
 }

@@ -71,6 +71,8 @@ func main() {
 	verbose := flag.Bool("v", false, "show every process's log")
 	linkRTT := flag.Duration("link-rtt", 20*time.Millisecond, "round trip of the emulated link between the user's side and the bridge over which each chain's setup is measured again, bound (a, b) and free (f); 0 skips")
 	linkSetups := flag.Int("link-setups", 100, "setups over the emulated link (-link-rtt), per topology")
+	streamWindow := flag.Int("stream-window", 0, "the free topologies' --stream-window in KiB, both ends; 0: the programs' default")
+	linkSize := flag.Int("link-size", 32, "MiB each way for the single stream over the emulated link (-link-rtt); 0 skips the streams there")
 	flag.DurationVar(&slowSetup, "slow", 0, "report every setup slower than this (to chase stalls)")
 	flag.Parse()
 	if *verbose {
@@ -86,7 +88,7 @@ func main() {
 	}
 	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle, holdOnly: *holdOnly, free: *free}
 	p.profile, p.profileChain = *profile, *profileChain
-	p.linkOneWay, p.linkSetups = *linkRTT/2, *linkSetups
+	p.linkOneWay, p.linkSetups, p.linkSize = *linkRTT/2, *linkSetups, int64(*linkSize)<<20
 	var err error
 	if p.inproc, err = parseInproc(*inprocList); err != nil {
 		fail(err)
@@ -105,6 +107,7 @@ func main() {
 		}
 		pts = append(pts, pt)
 	}
+	p.streamWindow = *streamWindow
 	if err := run(*binDir, *otherDir, hops, pts, refs, *refPublic, p, *hold); err != nil {
 		fail(err)
 	}
@@ -158,7 +161,7 @@ func run(binDir, otherDir string, hops []int, pts, refs []string, refPublic bool
 		signal.Stop(interrupted) // no more sends, then the goroutine may go
 		close(interrupted)
 	}()
-	e := &env{binDir: binDir, otherDir: otherDir, work: work, cookie: filepath.Join(work, "cookie"), refPublic: refPublic}
+	e := &env{binDir: binDir, otherDir: otherDir, work: work, cookie: filepath.Join(work, "cookie"), refPublic: refPublic, streamWindow: p.streamWindow}
 	if path, err := exec.LookPath("obfs4proxy"); err == nil {
 		e.obfs4proxy = path
 	}

@@ -37,9 +37,14 @@ type params struct {
 	profile, profileChain string
 	// linkOneWay, when set, is the one-way delay of the emulated link
 	// over which each chain's setup is measured again (-link-rtt), with
-	// linkSetups setups (-link-setups).
+	// linkSetups setups (-link-setups) and linkSize bytes each way for
+	// the single stream (-link-size).
 	linkOneWay time.Duration
 	linkSetups int
+	linkSize   int64
+	// streamWindow is the free topologies' --stream-window (KiB; 0:
+	// the default).
+	streamWindow int
 }
 
 // result is what one topology measured.

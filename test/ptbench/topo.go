@@ -124,6 +124,9 @@ type env struct {
 	// refPublic gives the reference relay a public listener in front of
 	// the outermost PT, as ptcombiner-server has (-ref-public).
 	refPublic bool
+	// streamWindow, when set, is the free topologies' --stream-window
+	// (KiB), both ends (-stream-window).
+	streamWindow int
 	// diag, when set, hears what the combiners say (childLogs); they then
 	// run at --log-level debug.
 	diag *childLogs
