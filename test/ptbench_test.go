@@ -23,13 +23,13 @@ func TestPtbench(t *testing.T) {
 		pts = "test,obfs4"
 	}
 	cmd := exec.Command(bin("ptbench"), "-bin", binDir, "-hops", "1,2", "-pts", pts,
-		"-size", "2", "-setups", "20", "-idle", "30", "-hold", "300", "-link-setups", "5")
+		"-size", "2", "-setups", "20", "-idle", "30", "-hold", "300", "-links", "20ms,40ms@100", "-link-setups", "5", "-link-size", "1")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("ptbench: %v\n%s", err, out)
 	}
 	for _, want := range []string{"(d) raw TCP", "(c) relay, loop, test|test", "(c') relay, splice, test|test", "(a) combiners, test|test",
-		"(a) test|test  ", "Setups over an emulated link of 20ms round trip", "(f) test|test ", "opened 300 of 300", "300 of them carried a byte both ways, 0 did not"} {
+		"(a) test|test  ", "Over an emulated link of 20ms RTT between", "Over an emulated link of 40ms RTT, 100 Mbit/s", "(f) test|test ", "opened 300 of 300", "300 of them carried a byte both ways, 0 did not"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("ptbench output lacks %q:\n%s", want, out)
 		}
@@ -52,7 +52,7 @@ func TestPtbench(t *testing.T) {
 
 	// -ref-public: the reference relays' server side gets a public listener.
 	cmd = exec.Command(bin("ptbench"), "-bin", binDir, "-hops", "2", "-pts", "test", "-ref-public", "-inproc", "",
-		"-size", "2", "-setups", "10", "-idle", "30", "-hold", "0", "-link-rtt", "0")
+		"-size", "2", "-setups", "10", "-idle", "30", "-hold", "0", "-links", "")
 	if out, err = cmd.CombinedOutput(); err != nil {
 		t.Fatalf("ptbench -ref-public: %v\n%s", err, out)
 	}

@@ -36,7 +36,7 @@ func TestDelayLink(t *testing.T) {
 		}
 	}()
 	const oneWay = 20 * time.Millisecond
-	l, err := startDelayLink(echo.Addr().String(), oneWay)
+	l, err := startDelayLink(echo.Addr().String(), linkShape{oneWay: oneWay})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,10 +69,10 @@ func main() {
 	profile := flag.String("profile-inproc", "", "after the table, write a Go CPU profile of the in-process engines (client and server in one process) carrying -profile-chain under bulk load (one stream, -size MiB each way) to `FILE`")
 	profileChain := flag.String("profile-chain", "obfs4|obfs4", "the chain of builtin methods -profile-inproc profiles")
 	verbose := flag.Bool("v", false, "show every process's log")
-	linkRTT := flag.Duration("link-rtt", 20*time.Millisecond, "round trip of the emulated link between the user's side and the bridge over which each chain's setup is measured again, bound (a, b) and free (f); 0 skips")
-	linkSetups := flag.Int("link-setups", 100, "setups over the emulated link (-link-rtt), per topology")
+	linkList := flag.String("links", "20ms,100ms@50", "emulated links between the user's side and the bridge, over which each chain is measured again, bound (a, b) and free (f): RTT[@MBIT/S], comma separated; \"\" for none")
+	linkSetups := flag.Int("link-setups", 100, "setups over each emulated link (-links), per topology")
 	streamWindow := flag.Int("stream-window", 0, "the free topologies' --stream-window in KiB, both ends; 0: the programs' default")
-	linkSize := flag.Int("link-size", 32, "MiB each way for the single stream over the emulated link (-link-rtt); 0 skips the streams there")
+	linkSize := flag.Int("link-size", 32, "MiB each way for the single stream over each emulated link (-links); 0 skips the streams there")
 	flag.DurationVar(&slowSetup, "slow", 0, "report every setup slower than this (to chase stalls)")
 	flag.Parse()
 	if *verbose {
@@ -88,8 +88,11 @@ func main() {
 	}
 	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle, holdOnly: *holdOnly, free: *free}
 	p.profile, p.profileChain = *profile, *profileChain
-	p.linkOneWay, p.linkSetups, p.linkSize = *linkRTT/2, *linkSetups, int64(*linkSize)<<20
+	p.linkSetups, p.linkSize = *linkSetups, int64(*linkSize)<<20
 	var err error
+	if p.links, err = parseLinks(*linkList); err != nil {
+		fail(err)
+	}
 	if p.inproc, err = parseInproc(*inprocList); err != nil {
 		fail(err)
 	}
@@ -252,7 +255,7 @@ func run(binDir, otherDir string, hops []int, pts, refs []string, refPublic bool
 				}
 				group = append(group, t)
 				if e.otherDir != "" {
-					t, err := e.startFreeFrom(e.otherDir, "other", pt, n, 0)
+					t, err := e.startFreeFrom(e.otherDir, "other", pt, n, linkShape{})
 					if err != nil {
 						closeGroup(group)
 						return err

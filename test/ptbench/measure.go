@@ -35,11 +35,10 @@ type params struct {
 	// profile, when set, is where the CPU profile of the in-process
 	// engines goes (-profile-inproc).
 	profile, profileChain string
-	// linkOneWay, when set, is the one-way delay of the emulated link
-	// over which each chain's setup is measured again (-link-rtt), with
-	// linkSetups setups (-link-setups) and linkSize bytes each way for
-	// the single stream (-link-size).
-	linkOneWay time.Duration
+	// links are the emulated links over which each chain is measured
+	// again (-links), with linkSetups setups (-link-setups) and linkSize
+	// bytes each way for the single stream (-link-size).
+	links      []linkShape
 	linkSetups int
 	linkSize   int64
 	// streamWindow is the free topologies' --stream-window (KiB; 0:

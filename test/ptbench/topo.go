@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/ptcombiner/ptcombiner/internal/procstat"
 	"github.com/ptcombiner/ptcombiner/metadata"
@@ -27,9 +26,9 @@ type topology struct {
 	// they differ (obfs3|obfs4); pt is then the first.
 	hopPTs []string
 	build  string // for the combiners: "" (-bin) or "other" (-other)
-	// link, when set, is the one-way delay of the emulated link between
-	// the user's side and the bridge (delayLink, -link-rtt).
-	link   time.Duration
+	// link, when set, is the emulated link between the user's side and
+	// the bridge (delayLink, -links).
+	link   linkShape
 	socks  string // where the application connects; "" for raw TCP
 	target string // the SOCKS target (the bridge), or the sink for raw TCP
 	user   []byte // SOCKS credentials: the chain's arguments
@@ -55,8 +54,8 @@ type topology struct {
 }
 
 func (t *topology) name() string {
-	if t.link > 0 {
-		return fmt.Sprintf("%s, %v RTT", t.baseName(), 2*t.link)
+	if t.link.oneWay > 0 {
+		return fmt.Sprintf("%s, %v", t.baseName(), t.link)
 	}
 	return t.baseName()
 }
@@ -99,14 +98,14 @@ func (t *topology) chain() string {
 	return strings.TrimSuffix(strings.Repeat(t.pt+"|", t.hops), "|")
 }
 
-// overLink puts t's bridge, at addr, behind an emulated link of oneWay
-// each way (delayLink), closed with t, and returns where to reach it.
-func (t *topology) overLink(addr string, oneWay time.Duration) (string, error) {
-	l, err := startDelayLink(addr, oneWay)
+// overLink puts t's bridge, at addr, behind an emulated link (delayLink),
+// closed with t, and returns where to reach it.
+func (t *topology) overLink(addr string, shape linkShape) (string, error) {
+	l, err := startDelayLink(addr, shape)
 	if err != nil {
 		return "", err
 	}
-	t.link = oneWay
+	t.link = shape
 	t.add(l.Close)
 	return l.Addr(), nil
 }
