@@ -164,7 +164,7 @@ func linkRatios(rows []row, p params) {
 			fmt.Printf("\nOver an emulated link of %v between the user's side and the bridge (delayLink: each byte held\n", shown)
 			fmt.Printf("%v each way, a TCP handshake's round trip per connection", shown.oneWay)
 			if shown.rate > 0 {
-				fmt.Printf(", each direction of each connection a bottleneck of that\nrate with a queue of 1.5 round trips' bytes per connection")
+				fmt.Printf(", each direction a bottleneck of that rate shared by every\nconnection, with a queue of 1.5 round trips' bytes per connection")
 			}
 			fmt.Printf("), free (f) against bound (a, b), %d setups each and\n", p.linkSetups)
 			fmt.Printf("%d MiB each way for the streams (MB/s each way). A fresh chained connection pays its TCP and PT\n", p.linkSize>>20)
