@@ -49,9 +49,11 @@ func muxConfig(window int) *smux.Config {
 // round trip is 30 MB/s (ptbench over its emulated link), where a bound
 // chained connection's TCP windows grow to what the link allows. A larger
 // window lifts that bound, but a stream that gets ahead stays ahead: on
-// loopback, 8 bulk streams shared a session within 0.83-0.95 of each other
-// with 1 MiB, 0.71-0.90 with 2 MiB, 0.51-0.86 with 4 MiB and 0.19-0.80
-// with 8 MiB. The default keeps the streams even.
+// loopback, 8 bulk streams shared a session within 0.92-0.97 of each other
+// with 1 MiB, 0.51-0.86 with 4 MiB and 0.19-0.80 with 8 MiB; over a
+// 100 ms, 50 Mbit/s link 2 MiB took them from 0.99 to 0.19-0.31 and one
+// stream only from 4.6 to 4.8 MB/s (docs/performance.md). The default
+// keeps the streams even, as snowflake's and dnstt's 1 MiB do.
 const (
 	DefaultStreamWindow = 1 << 20
 	MinStreamWindow     = 64 << 10
