@@ -102,8 +102,11 @@ func waitExited(t *testing.T, cmd *exec.Cmd) {
 func TestStandalone(t *testing.T) {
 	echo := echoServer(t)
 	plugin := "test=" + bin("testpt")
+	// State dirs given relative to the working directory: a PT is given
+	// them absolute (PT 1.0's TOR_PT_STATE_LOCATION).
+	srvState, cliState := relativeDir(t), relativeDir(t)
 	srv := startStandalone(t, 1, bin("ptcombiner-server"), "--plugin", plugin, "--chain", "t2=test|test",
-		"--listen", "t2=127.0.0.1:0", "--forward", echo, "--state-dir", t.TempDir(), "--config",
+		"--listen", "t2=127.0.0.1:0", "--forward", echo, "--state-dir", srvState, "--config",
 		writeConfig(t, "ServerTransportOptions t2 0.key=5 1.key=6\n"))
 	f := strings.Fields(srv[0]) // CHAIN t2 <addr> ARGS <args>
 	if len(f) != 5 || f[0] != "CHAIN" {
@@ -114,7 +117,7 @@ func TestStandalone(t *testing.T) {
 		t.Errorf("published args %q", args)
 	}
 	cli := startStandalone(t, 2, bin("ptcombiner-client"), "--plugin", plugin, "--chain", "t2=test|test",
-		"--tunnel", "127.0.0.1:0=t2@"+public, "--args", "t2="+args, "--listen", "t2=127.0.0.1:0")
+		"--tunnel", "127.0.0.1:0=t2@"+public, "--args", "t2="+args, "--listen", "t2=127.0.0.1:0", "--state-dir", cliState)
 	var tunnel, socks string
 	for _, l := range cli {
 		f := strings.Fields(l)
@@ -144,6 +147,21 @@ func TestStandalone(t *testing.T) {
 	if err := roundTrip(t, conn, 1<<20); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// relativeDir is a new temporary directory named relative to the working
+// directory.
+func relativeDir(t *testing.T) string {
+	t.Helper()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(wd, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rel
 }
 
 // Without tor and without anything to do, each program says what it needs.

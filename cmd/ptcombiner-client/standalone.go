@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 
@@ -92,6 +93,11 @@ func runStandalone(c *cli.Context) error {
 			return err
 		}
 		defer os.RemoveAll(stateDir)
+	}
+	// PT 1.0 gives a PT an absolute TOR_PT_STATE_LOCATION; a relative
+	// --state-dir (or TMPDIR) is the user's working directory's.
+	if stateDir, err = filepath.Abs(stateDir); err != nil {
+		return fmt.Errorf("--state-dir: %w", err)
 	}
 	m, err := runner.StartMetrics(c, log, "client", false)
 	if err != nil {

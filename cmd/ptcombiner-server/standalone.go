@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -67,6 +68,11 @@ func runStandalone(c *cli.Context) error {
 	stateDir := c.String("state-dir")
 	if stateDir == "" {
 		return errors.New("--state-dir DIR is required without tor: the hops keep their keys there (obfs4's cert), in-process (--builtin) or in PT programs")
+	}
+	// PT 1.0 gives a PT an absolute TOR_PT_STATE_LOCATION; a relative
+	// --state-dir is the user's working directory's.
+	if stateDir, err = filepath.Abs(stateDir); err != nil {
+		return fmt.Errorf("--state-dir: %w", err)
 	}
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return err
