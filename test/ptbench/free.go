@@ -96,7 +96,7 @@ func measureOverLink(e *env, pts []string, hops []int, p params) ([]row, error) 
 	if p.linkSetups <= 0 || !p.free {
 		return nil, nil
 	}
-	lp := params{setups: p.linkSetups, size: p.linkSize, streams: p.streams}
+	lp := params{setups: p.linkSetups, size: p.linkSize, streams: p.streams, down: true}
 	var rows []row
 	for _, link := range p.links {
 		for _, pt := range pts {
@@ -171,9 +171,11 @@ func linkRatios(rows []row, p params) {
 			fmt.Printf("handshakes in the link's round trips; a new stream of the open session only its first byte's.\n")
 			fmt.Printf("Targets: what a new stream adds (its setup p50 less its byte round trip on an open stream, RTT)\n")
 			fmt.Printf("<= 0.2x a chained connection's setup p50; 1 stream >= 0.9x; the 8 streams' evenness >= 0.8.\n")
+			fmt.Printf("\"1 stream\" is echoed, bulk both ways at once; \"1 down\" one way, the sink sending, as a download\n")
+			fmt.Printf("(a window update then waits behind no bulk going the other way).\n")
 			fmt.Printf("\"x bound adds\" is against what the chained connection adds in the same way (its setup less its RTT).\n")
-			fmt.Printf("%-22s %17s %11s %9s %9s %9s %15s %8s %15s %12s\n", "chain", "setup p50 ms", "stream adds", "adds", "adds x", "RTT ms", "1 stream MB/s", "1 stream", "8 streams MB/s", "evenness")
-			fmt.Printf("%-22s %17s %11s %9s %9s %9s %15s %8s %15s %12s\n", "", "free|bound", "ms", "x bound", "bound adds", "free|bound", "free|bound", "x bound", "free|bound", "free|bound")
+			fmt.Printf("%-22s %17s %11s %9s %9s %9s %15s %8s %13s %8s %15s %12s\n", "chain", "setup p50 ms", "stream adds", "adds", "adds x", "RTT ms", "1 stream MB/s", "1 stream", "1 down MB/s", "1 down", "8 streams MB/s", "evenness")
+			fmt.Printf("%-22s %17s %11s %9s %9s %9s %15s %8s %13s %8s %15s %12s\n", "", "free|bound", "ms", "x bound", "bound adds", "free|bound", "free|bound", "x bound", "free|bound", "x bound", "free|bound", "free|bound")
 		}
 		adds := f.r.p50 - f.r.rtt
 		x := float64(adds) / float64(a.r.p50)
@@ -185,8 +187,12 @@ func linkRatios(rows []row, p params) {
 		if a.r.single > 0 {
 			single = fmt.Sprintf("%.2f %s", f.r.single/a.r.single, verdict(f.r.single >= 0.9*a.r.single))
 		}
-		fmt.Printf("(f) %-18s %8.2f|%-8.2f %11.2f %5.3f %-3s %9s %5.1f|%-5.1f %7.1f|%-7.1f %-11s %7.1f|%-7.1f %4.2f|%-4.2f %s\n", f.t.chain(),
+		down := "-"
+		if a.r.down > 0 {
+			down = fmt.Sprintf("%.2f %s", f.r.down/a.r.down, verdict(f.r.down >= 0.9*a.r.down))
+		}
+		fmt.Printf("(f) %-18s %8.2f|%-8.2f %11.2f %5.3f %-3s %9s %5.1f|%-5.1f %7.1f|%-7.1f %-11s %6.1f|%-6.1f %-11s %7.1f|%-7.1f %4.2f|%-4.2f %s\n", f.t.chain(),
 			ms(f.r.p50), ms(a.r.p50), ms(adds), x, verdict(x <= 0.2), vsAdds, ms(f.r.rtt), ms(a.r.rtt),
-			f.r.single, a.r.single, single, f.r.multi, a.r.multi, f.r.fair, a.r.fair, verdict(f.r.fair >= 0.8 || p.linkSize == 0))
+			f.r.single, a.r.single, single, f.r.down, a.r.down, down, f.r.multi, a.r.multi, f.r.fair, a.r.fair, verdict(f.r.fair >= 0.8 || p.linkSize == 0))
 	}
 }

@@ -2,12 +2,15 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -76,6 +79,9 @@ func runSink(args []string) error {
 		return err
 	}
 	echo := func(c *net.TCPConn) {
+		if sent, err := serveDownload(c); sent || err != nil {
+			return
+		}
 		if small {
 			io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 2048))
 		} else {
@@ -110,6 +116,48 @@ func runSink(args []string) error {
 	fmt.Printf("PLAIN %s\nEXT %s\n", plain.Addr(), ext.Addr())
 	io.Copy(io.Discard, os.Stdin)
 	return nil
+}
+
+// downloadMagic begins a connection that asks the sink for a one-way
+// download instead of an echo: the 8 bytes, then the size as 8 bytes
+// big-endian. The sink sends that many bytes, ends its side and reads the
+// connection to its end. No other first byte is 0xff (setups send 'x',
+// streams zeros).
+var downloadMagic = []byte("\xffPTBDOWN")
+
+const downloadRequestLen = 16
+
+// downloadRequest is the request for size bytes one way.
+func downloadRequest(size int64) []byte {
+	return binary.BigEndian.AppendUint64(slices.Clone(downloadMagic), uint64(size))
+}
+
+// serveDownload reads a connection's first bytes: a download request is
+// served (sent is true); anything else is echoed, for the caller's echo to
+// go on.
+func serveDownload(c *net.TCPConn) (sent bool, err error) {
+	buf := make([]byte, 2048)
+	n, err := c.Read(buf)
+	for err == nil && n < downloadRequestLen && bytes.HasPrefix(downloadMagic, buf[:min(n, len(downloadMagic))]) {
+		var m int
+		m, err = c.Read(buf[n:])
+		n += m
+	}
+	if n >= downloadRequestLen && bytes.HasPrefix(buf[:n], downloadMagic) {
+		size := int64(binary.BigEndian.Uint64(buf[len(downloadMagic):downloadRequestLen]))
+		if err := sendN(c, make([]byte, 256<<10), size); err != nil {
+			return true, err
+		}
+		c.CloseWrite()
+		io.Copy(io.Discard, c)
+		return true, nil
+	}
+	if n > 0 {
+		if _, werr := c.Write(buf[:n]); werr != nil {
+			return false, werr
+		}
+	}
+	return false, err
 }
 
 // helper is a running helper process.

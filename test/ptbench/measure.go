@@ -44,11 +44,15 @@ type params struct {
 	// streamWindow is the free topologies' --stream-window (KiB; 0:
 	// the default).
 	streamWindow int
+	// down adds a one-way stream to each round: the sink sends and the
+	// user's side only reads (the links' measurement).
+	down bool
 }
 
 // result is what one topology measured.
 type result struct {
 	single, multi float64 // MB/s each way
+	down          float64 // MB/s of a one-way stream (params.down)
 	// fair is how evenly the 8 streams shared the chain: the shortest
 	// stream's time over the longest's, in the most uneven round.
 	fair          float64
@@ -113,6 +117,29 @@ func (r *result) cpuPerSplice(cpu float64, splices int) float64 {
 // from the sink: the connection is then set up end to end. An error is a
 // *phaseError, which says at which step it failed.
 func (t *topology) dial(ctx context.Context) (*net.TCPConn, error) {
+	conn, err := t.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	var b [1]byte
+	if _, err := conn.Write([]byte{'x'}); err != nil {
+		conn.Close()
+		return nil, &phaseError{"first byte out", err}
+	}
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		conn.Close()
+		return nil, &phaseError{"first byte back", err}
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, nil
+}
+
+// connect is dial without its first byte's round trip: the connection
+// and SOCKS handshake only.
+func (t *topology) connect(ctx context.Context) (*net.TCPConn, error) {
 	addr := t.target
 	if t.socks != "" {
 		addr = t.socks
@@ -131,19 +158,6 @@ func (t *topology) dial(ctx context.Context) (*net.TCPConn, error) {
 			return nil, &phaseError{"SOCKS handshake", err}
 		}
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	var b [1]byte
-	if _, err := conn.Write([]byte{'x'}); err != nil {
-		conn.Close()
-		return nil, &phaseError{"first byte out", err}
-	}
-	if _, err := io.ReadFull(conn, b[:]); err != nil {
-		conn.Close()
-		return nil, &phaseError{"first byte back", err}
-	}
-	conn.SetDeadline(time.Time{})
 	return conn, nil
 }
 
@@ -286,6 +300,8 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 	const rounds = 4
 	single := make([]time.Duration, len(ts))
 	multi := make([]time.Duration, len(ts))
+	down := make([]time.Duration, len(ts))
+	downBytes := make([]int64, len(ts))
 	part := p.size / rounds
 	for round := 1; round <= rounds; round++ {
 		for i, t := range ts {
@@ -305,6 +321,14 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 			if round == 1 || fair < r.fair {
 				r.fair = fair
 			}
+			if p.down {
+				d, n, err := download(t, part)
+				if err != nil {
+					return nil, fmt.Errorf("%s: one-way stream: %w", t.name(), err)
+				}
+				down[i] += d
+				downBytes[i] += n
+			}
 			c1, s1, a1 := t.cpu()
 			r.cpuClient += c1 - c0
 			r.cpuServer += s1 - s0
@@ -314,6 +338,9 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 	for i, r := range rs {
 		r.single = float64(part*rounds) / single[i].Seconds() / 1e6
 		r.multi = float64(part*rounds) / multi[i].Seconds() / 1e6
+		if p.down {
+			r.down = float64(downBytes[i]) / down[i].Seconds() / 1e6
+		}
 		// Each splice point carried part each way in each phase of each round.
 		r.gib = float64(4*part*rounds) / (1 << 30)
 	}
@@ -438,6 +465,34 @@ func streamsOver(dial func() (net.Conn, error), n int, size int64) (time.Duratio
 		c.Close()
 	}
 	return d, float64(slices.Min(took)) / float64(slices.Max(took)), errors.Join(all...)
+}
+
+// download asks the sink through t for size bytes one way (downloadMagic)
+// and returns the time from the first byte to the last, and the bytes
+// after the first read: a download's rate once under way, with nothing but
+// the session's own frames going the other way, and no setup (a bound
+// chain's SOCKS reply may come before its bridge side is set up).
+func download(t *topology, size int64) (time.Duration, int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := t.connect(ctx) // the request is the first byte
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	if _, err := c.Write(downloadRequest(size)); err != nil {
+		return 0, 0, err
+	}
+	buf := make([]byte, 256<<10)
+	n, err := c.Read(buf)
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	if _, err := io.CopyBuffer(io.Discard, io.LimitReader(c, size-int64(n)), buf); err != nil {
+		return 0, 0, err
+	}
+	return time.Since(start), size - int64(n), nil
 }
 
 // sendN writes size bytes from buf, over and over.
