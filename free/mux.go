@@ -44,16 +44,16 @@ func muxConfig(window int) *smux.Config {
 	return c
 }
 
-// Stream windows (docs/free.md, "Stream window"). One stream carries at
-// most about its window per round trip of the link: 1 MiB over a 20 ms
-// round trip is 30 MB/s (ptbench over its emulated link), where a bound
-// chained connection's TCP windows grow to what the link allows. A larger
-// window lifts that bound, but a stream that gets ahead stays ahead: on
-// loopback, 8 bulk streams shared a session within 0.92-0.97 of each other
-// with 1 MiB, 0.51-0.86 with 4 MiB and 0.19-0.80 with 8 MiB; over a
-// 100 ms, 50 Mbit/s link 2 MiB took them from 0.99 to 0.19-0.31 and one
-// stream only from 4.6 to 4.8 MB/s (docs/performance.md). The default
-// keeps the streams even, as snowflake's and dnstt's 1 MiB do.
+// Stream windows (docs/free.md, "Stream window"). smux returns window
+// once half of it has been read, so a stream has between a half and a
+// whole window in flight and carries about that per round trip: over a
+// 100 ms, 50 Mbit/s link (ptbench -links) a download ran at 0.82-0.89x a
+// bound chained connection with 1 MiB and 0.96-0.98x with 2 MiB. But a
+// stream that gets ahead stays ahead: 8 bulk streams over that link
+// finished within 0.98-1.00 of each other with 1 MiB and 0.19-0.33 with
+// 2 MiB; on loopback 0.92-0.97 with 1 MiB and 0.19-0.80 with 8 MiB. The
+// default keeps a session's streams even, as snowflake's and dnstt's
+// 1 MiB do.
 const (
 	DefaultStreamWindow = 1 << 20
 	MinStreamWindow     = 64 << 10
