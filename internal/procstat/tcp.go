@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -11,21 +12,29 @@ import (
 // EstablishedTo lists the local address of every established IPv4 TCP
 // connection of this network namespace whose remote end is remote: the
 // sockets that dialled it, as the listener saw them (from /proc/net/tcp).
+// The kernel writes that file a page at a time, and a socket that comes or
+// goes between two reads can shift a line into the next page and list it
+// twice; a 4-tuple names one established socket, so each is listed once.
 func EstablishedTo(remote netip.AddrPort) []netip.AddrPort {
 	b, err := os.ReadFile("/proc/net/tcp")
 	if err != nil {
 		return nil
 	}
+	return establishedTo(string(b), remote)
+}
+
+// establishedTo is EstablishedTo over table, /proc/net/tcp's text.
+func establishedTo(table string, remote netip.AddrPort) []netip.AddrPort {
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	var out []netip.AddrPort
-	for _, line := range strings.Split(string(b), "\n")[1:] {
+	for _, line := range strings.Split(table, "\n")[1:] {
 		f := strings.Fields(line)
 		if len(f) < 4 || f[3] != "01" { // st 01: TCP_ESTABLISHED
 			continue
 		}
 		local, lok := parseProcAddr(f[1])
 		rem, rok := parseProcAddr(f[2])
-		if lok && rok && rem == remote {
+		if lok && rok && rem == remote && !slices.Contains(out, local) {
 			out = append(out, local)
 		}
 	}

@@ -338,7 +338,7 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 	for i, r := range rs {
 		r.single = float64(part*rounds) / single[i].Seconds() / 1e6
 		r.multi = float64(part*rounds) / multi[i].Seconds() / 1e6
-		if p.down {
+		if p.down && down[i] > 0 { // 0: each download came in its first read
 			r.down = float64(downBytes[i]) / down[i].Seconds() / 1e6
 		}
 		// Each splice point carried part each way in each phase of each round.
