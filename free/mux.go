@@ -46,16 +46,16 @@ func muxConfig(window int) *smux.Config {
 
 // Stream windows (docs/free.md, "Stream window"). smux returns window
 // once half of it has been read, so a stream has between a half and a
-// whole window in flight and carries about that per round trip: over a
-// 100 ms, 50 Mbit/s link (ptbench -links) a download ran at 0.82-0.89x a
-// bound chained connection with 1 MiB and 0.96-0.98x with 2 MiB. But a
-// stream that gets ahead stays ahead: 8 bulk streams over that link
-// finished within 0.98-1.00 of each other with 1 MiB and 0.19-0.33 with
-// 2 MiB; on loopback 0.92-0.97 with 1 MiB and 0.19-0.80 with 8 MiB. The
-// default keeps a session's streams even, as snowflake's and dnstt's
-// 1 MiB do.
+// whole window in flight and carries about that per round trip. Over a
+// 100 ms, 50 Mbit/s link (ptbench -links, 16 MiB streams) 2 MiB carried a
+// download at 0.99x a bound chained connection and an echoed stream at
+// 0.92x, where 1 MiB gave 0.87-0.88x and 0.80-0.86x, and 8 bulk streams
+// shared the link as evenly with either (0.77-0.78 against 0.75). Larger
+// windows cost evenness where the CPU is the bottleneck: on loopback 8
+// bulk streams finished within 0.92-0.97 of each other with 1 MiB,
+// 0.81-0.91 with 2 MiB and 0.19-0.80 with 8 MiB.
 const (
-	DefaultStreamWindow = 1 << 20
+	DefaultStreamWindow = 2 << 20
 	MinStreamWindow     = 64 << 10
 	MaxStreamWindow     = 64 << 20
 	// streamsBuffered streams stalled with full windows (their readers

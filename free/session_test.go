@@ -526,7 +526,7 @@ func TestSessionManyStreams(t *testing.T) {
 
 // Both ends' stream windows (Keeper.StreamWindow, Server.StreamWindow),
 // the smallest and a large one: streams carry their bytes exactly, each
-// end's session buffers 16 windows, and the default is 1 MiB.
+// end's session buffers 16 windows, and the default is 2 MiB.
 func TestSessionStreamWindow(t *testing.T) {
 	if c := muxConfig(0); c.MaxStreamBuffer != DefaultStreamWindow || c.MaxReceiveBuffer != 16*DefaultStreamWindow {
 		t.Errorf("default config: stream %d, session %d", c.MaxStreamBuffer, c.MaxReceiveBuffer)
