@@ -132,10 +132,16 @@ func downloadRequest(size int64) []byte {
 	return binary.BigEndian.AppendUint64(slices.Clone(downloadMagic), uint64(size))
 }
 
+// halfCloser is a connection whose write side ends alone.
+type halfCloser interface {
+	io.ReadWriter
+	CloseWrite() error
+}
+
 // serveDownload reads a connection's first bytes: a download request is
 // served (sent is true); anything else is echoed, for the caller's echo to
 // go on.
-func serveDownload(c *net.TCPConn) (sent bool, err error) {
+func serveDownload(c halfCloser) (sent bool, err error) {
 	buf := make([]byte, 2048)
 	n, err := c.Read(buf)
 	for err == nil && n < downloadRequestLen && bytes.HasPrefix(downloadMagic, buf[:min(n, len(downloadMagic))]) {

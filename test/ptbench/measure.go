@@ -321,7 +321,11 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 			if round == 1 || fair < r.fair {
 				r.fair = fair
 			}
-			if p.down {
+			c1, s1, a1 := t.cpu()
+			r.cpuClient += c1 - c0
+			r.cpuServer += s1 - s0
+			r.cpuAll += a1 - a0
+			if p.down { // after the CPU figures, which count the streams' bytes only
 				d, n, err := download(t, part)
 				if err != nil {
 					return nil, fmt.Errorf("%s: one-way stream: %w", t.name(), err)
@@ -329,10 +333,6 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 				down[i] += d
 				downBytes[i] += n
 			}
-			c1, s1, a1 := t.cpu()
-			r.cpuClient += c1 - c0
-			r.cpuServer += s1 - s0
-			r.cpuAll += a1 - a0
 		}
 	}
 	for i, r := range rs {
@@ -480,6 +480,9 @@ func download(t *topology, size int64) (time.Duration, int64, error) {
 		return 0, 0, err
 	}
 	defer c.Close()
+	// A chain that stalls fails the run rather than hanging it: a minute,
+	// and a second per MB beyond.
+	c.SetDeadline(time.Now().Add(time.Minute + time.Duration(size/1e6)*time.Second))
 	if _, err := c.Write(downloadRequest(size)); err != nil {
 		return 0, 0, err
 	}
@@ -496,7 +499,7 @@ func download(t *topology, size int64) (time.Duration, int64, error) {
 }
 
 // sendN writes size bytes from buf, over and over.
-func sendN(c net.Conn, buf []byte, size int64) error {
+func sendN(c io.Writer, buf []byte, size int64) error {
 	for size > 0 {
 		n := min(int64(len(buf)), size)
 		if _, err := c.Write(buf[:n]); err != nil {
