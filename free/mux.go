@@ -47,13 +47,16 @@ func muxConfig(window int) *smux.Config {
 // Stream windows (docs/free.md, "Stream window"). smux returns window
 // once half of it has been read, so a stream has between a half and a
 // whole window in flight and carries about that per round trip. Over a
-// 100 ms, 50 Mbit/s link (ptbench -links, 16 MiB streams) 2 MiB carried a
-// download at 0.99x a bound chained connection and an echoed stream at
-// 0.92x, where 1 MiB gave 0.87-0.88x and 0.80-0.86x, and 8 bulk streams
-// shared the link as evenly with either (0.77-0.78 against 0.75). Larger
-// windows cost evenness where the CPU is the bottleneck: on loopback 8
-// bulk streams finished within 0.92-0.97 of each other with 1 MiB,
-// 0.81-0.91 with 2 MiB and 0.19-0.80 with 8 MiB.
+// 100 ms, 50 Mbit/s link (ptbench -links) 2 MiB carried a 32 MiB download
+// at 0.99x a bound chained connection and an echoed 32 MiB stream at
+// 0.92x, where 1 MiB gave 0.87-0.88x and 0.80-0.86x; 8 bulk streams of
+// 16 MiB each shared the link within 0.84-0.93 of each other at 2 MiB.
+// Larger windows cost evenness over streams only a few windows long,
+// served in the order their windows reached the queue: on loopback 8
+// streams of 8 MiB finished within 0.92-0.97 of each other with 1 MiB,
+// 0.81-0.91 with 2 MiB and 0.19-0.80 with 8 MiB. And every window in
+// flight is a wait for a new stream behind it (ptbench's setup under
+// load).
 const (
 	DefaultStreamWindow = 2 << 20
 	MinStreamWindow     = 64 << 10

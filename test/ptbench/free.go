@@ -96,7 +96,7 @@ func measureOverLink(e *env, pts []string, hops []int, p params) ([]row, error) 
 	if p.linkSetups <= 0 || !p.free {
 		return nil, nil
 	}
-	lp := params{setups: p.linkSetups, size: p.linkSize, streams: p.streams, down: true}
+	lp := params{setups: p.linkSetups, size: p.linkSize, streamSize: p.streamSize, streams: p.streams, down: true, loaded: true}
 	var rows []row
 	for _, link := range p.links {
 		for _, pt := range pts {
@@ -167,15 +167,21 @@ func linkRatios(rows []row, p params) {
 				fmt.Printf(", each direction a bottleneck of that rate shared by every\nconnection, with a queue of 1.5 round trips' bytes per connection")
 			}
 			fmt.Printf("), free (f) against bound (a, b), %d setups each and\n", p.linkSetups)
-			fmt.Printf("%d MiB each way for the streams (MB/s each way). A fresh chained connection pays its TCP and PT\n", p.linkSize>>20)
-			fmt.Printf("handshakes in the link's round trips; a new stream of the open session only its first byte's.\n")
+			each := p.linkSize / 4 / int64(p.streams)
+			if p.streamSize > 0 {
+				each = p.streamSize
+			}
+			fmt.Printf("%s each way for the single stream and %s for each of the %d, over 4 rounds (MB/s each way).\n", bytesString(p.linkSize), bytesString(4*each), p.streams)
+			fmt.Printf("A fresh chained connection pays its TCP and PT handshakes in the link's round trips; a new\n")
+			fmt.Printf("stream of the open session only its first byte's.\n")
 			fmt.Printf("Targets: what a new stream adds (its setup p50 less its byte round trip on an open stream, RTT)\n")
 			fmt.Printf("<= 0.2x a chained connection's setup p50; 1 stream >= 0.9x; the 8 streams' evenness >= 0.8.\n")
 			fmt.Printf("\"1 stream\" is echoed, bulk both ways at once; \"1 down\" one way, the sink sending, as a download\n")
 			fmt.Printf("(a window update then waits behind no bulk going the other way).\n")
 			fmt.Printf("\"x bound adds\" is against what the chained connection adds in the same way (its setup less its RTT).\n")
-			fmt.Printf("%-22s %17s %11s %9s %9s %9s %15s %8s %13s %8s %15s %12s\n", "chain", "setup p50 ms", "stream adds", "adds", "adds x", "RTT ms", "1 stream MB/s", "1 stream", "1 down MB/s", "1 down", "8 streams MB/s", "evenness")
-			fmt.Printf("%-22s %17s %11s %9s %9s %9s %15s %8s %13s %8s %15s %12s\n", "", "free|bound", "ms", "x bound", "bound adds", "free|bound", "free|bound", "x bound", "free|bound", "x bound", "free|bound", "free|bound")
+			fmt.Printf("\"setup under load\": the p50 of a setup every %v while the %d streams run (no target).\n", loadedEvery, p.streams)
+			fmt.Printf("%-22s %17s %11s %9s %9s %9s %15s %8s %13s %8s %15s %12s %17s\n", "chain", "setup p50 ms", "stream adds", "adds", "adds x", "RTT ms", "1 stream MB/s", "1 stream", "1 down MB/s", "1 down", "8 streams MB/s", "evenness", "setup under load")
+			fmt.Printf("%-22s %17s %11s %9s %9s %9s %15s %8s %13s %8s %15s %12s %17s\n", "", "free|bound", "ms", "x bound", "bound adds", "free|bound", "free|bound", "x bound", "free|bound", "x bound", "free|bound", "free|bound", "ms free|bound")
 		}
 		adds := f.r.p50 - f.r.rtt
 		x := float64(adds) / float64(a.r.p50)
@@ -191,8 +197,12 @@ func linkRatios(rows []row, p params) {
 		if a.r.down > 0 {
 			down = fmt.Sprintf("%.2f %s", f.r.down/a.r.down, verdict(f.r.down >= 0.9*a.r.down))
 		}
-		fmt.Printf("(f) %-18s %8.2f|%-8.2f %11.2f %5.3f %-3s %9s %5.1f|%-5.1f %7.1f|%-7.1f %-11s %6.1f|%-6.1f %-11s %7.1f|%-7.1f %4.2f|%-4.2f %s\n", f.t.chain(),
+		fmt.Printf("(f) %-18s %8.2f|%-8.2f %11.2f %5.3f %-3s %9s %5.1f|%-5.1f %7.1f|%-7.1f %-11s %6.1f|%-6.1f %-11s %7.1f|%-7.1f %4.2f|%-4.2f %-7s %8.1f|%-8.1f\n", f.t.chain(),
 			ms(f.r.p50), ms(a.r.p50), ms(adds), x, verdict(x <= 0.2), vsAdds, ms(f.r.rtt), ms(a.r.rtt),
-			f.r.single, a.r.single, single, f.r.down, a.r.down, down, f.r.multi, a.r.multi, f.r.fair, a.r.fair, verdict(f.r.fair >= 0.8 || p.linkSize == 0))
+			f.r.single, a.r.single, single, f.r.down, a.r.down, down, f.r.multi, a.r.multi, f.r.fair, a.r.fair, verdict(f.r.fair >= 0.8 || p.linkSize == 0),
+			ms(f.r.loaded), ms(a.r.loaded))
+		if n := f.r.loadedErrs + a.r.loadedErrs; n > 0 {
+			fmt.Printf("    %d|%d setups under load failed\n", f.r.loadedErrs, a.r.loadedErrs)
+		}
 	}
 }

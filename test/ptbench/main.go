@@ -72,7 +72,8 @@ func main() {
 	linkList := flag.String("links", "20ms,100ms@50", "emulated links between the user's side and the bridge, over which each chain is measured again, bound (a, b) and free (f): RTT[@MBIT/S], comma separated; \"\" for none")
 	linkSetups := flag.Int("link-setups", 100, "setups over each emulated link (-links), per topology")
 	streamWindow := flag.Int("stream-window", 0, "the free topologies' --stream-window in KiB, both ends; 0: the programs' default")
-	linkSize := flag.Int("link-size", 32, "MiB each way for the single stream over each emulated link (-links); 0 skips the streams there")
+	linkSize := flag.Int("link-size", 32, "MiB each way for the single stream over each emulated link (-links), over 4 rounds; 0 skips the streams there")
+	linkStreamSize := flag.Int("link-stream-size", 0, "MiB each way each of the -streams concurrent streams carries per round over each emulated link; 0: they share the single stream's round (-link-size/4), which makes them short against a stream window")
 	flag.DurationVar(&slowSetup, "slow", 0, "report every setup slower than this (to chase stalls)")
 	flag.Parse()
 	if *verbose {
@@ -88,7 +89,7 @@ func main() {
 	}
 	p := params{size: int64(*sizeMiB) << 20, streams: *nStreams, setups: *setups, idle: *idle, holdOnly: *holdOnly, free: *free}
 	p.profile, p.profileChain = *profile, *profileChain
-	p.linkSetups, p.linkSize = *linkSetups, int64(*linkSize)<<20
+	p.linkSetups, p.linkSize, p.streamSize = *linkSetups, int64(*linkSize)<<20, int64(*linkStreamSize)<<20
 	var err error
 	if p.links, err = parseLinks(*linkList); err != nil {
 		fail(err)

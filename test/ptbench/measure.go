@@ -41,12 +41,22 @@ type params struct {
 	links      []linkShape
 	linkSetups int
 	linkSize   int64
+	// streamSize is what each of the concurrent streams carries each way
+	// in a round (-link-stream-size); 0: they share the single stream's
+	// round, linkSize/4 (then each is shorter than a few windows, and
+	// evenness measures which stream's first windows reach the link's
+	// queue first more than how the streams share it).
+	streamSize int64
 	// streamWindow is the free topologies' --stream-window (KiB; 0:
 	// the default).
 	streamWindow int
 	// down adds a one-way stream to each round: the sink sends and the
 	// user's side only reads (the links' measurement).
 	down bool
+	// loaded sets up a connection every loadedEvery while the concurrent
+	// streams run (the links' measurement): what a new connection (or
+	// stream) waits behind bulk.
+	loaded bool
 }
 
 // result is what one topology measured.
@@ -57,6 +67,10 @@ type result struct {
 	// stream's time over the longest's, in the most uneven round.
 	fair          float64
 	p50, p90, p99 time.Duration
+	// loaded is the p50 of the setups (params.loaded) made while the
+	// concurrent streams ran; loadedErrs the ones that failed.
+	loaded     time.Duration
+	loadedErrs int
 	// rtt is the p50 of a byte's round trip on a connection already set
 	// up: what every setup's first byte pays on top of the setup proper.
 	rtt time.Duration
@@ -302,18 +316,32 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 	multi := make([]time.Duration, len(ts))
 	down := make([]time.Duration, len(ts))
 	downBytes := make([]int64, len(ts))
+	loaded := make([][]time.Duration, len(ts))
 	part := p.size / rounds
+	each := part / int64(p.streams) // what each of the p.streams carries
+	if p.streamSize > 0 {
+		each = p.streamSize
+	}
 	for round := 1; round <= rounds; round++ {
 		for i, t := range ts {
 			r := rs[i]
-			progress(t, fmt.Sprintf("round %d of %d: 1 stream, then %d, %d MiB each way", round, rounds, p.streams, part>>20))
+			progress(t, fmt.Sprintf("round %d of %d: 1 stream of %s each way, then %d of %s", round, rounds, bytesString(part), p.streams, bytesString(each)))
 			c0, s0, a0 := t.cpu()
 			d, _, err := streams(t, 1, part)
 			if err != nil {
 				return nil, fmt.Errorf("%s: single stream: %w", t.name(), err)
 			}
 			single[i] += d
-			d, fair, err := streams(t, p.streams, part/int64(p.streams))
+			var probes []time.Duration
+			stop := make(chan struct{})
+			var probing sync.WaitGroup
+			if p.loaded {
+				probing.Go(func() { probes = setupsUntil(t, stop, &r.loadedErrs) })
+			}
+			d, fair, err := streams(t, p.streams, each)
+			close(stop)
+			probing.Wait()
+			loaded[i] = append(loaded[i], probes...)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %d streams: %w", t.name(), p.streams, err)
 			}
@@ -336,13 +364,18 @@ func measureGroup(ts []*topology, p params, progress func(*topology, string)) ([
 		}
 	}
 	for i, r := range rs {
+		if l := loaded[i]; len(l) > 0 {
+			slices.Sort(l)
+			r.loaded = l[len(l)/2]
+		}
 		r.single = float64(part*rounds) / single[i].Seconds() / 1e6
-		r.multi = float64(part*rounds) / multi[i].Seconds() / 1e6
+		r.multi = float64(each*int64(p.streams)*rounds) / multi[i].Seconds() / 1e6
 		if p.down && down[i] > 0 { // 0: each download came in its first read
 			r.down = float64(downBytes[i]) / down[i].Seconds() / 1e6
 		}
-		// Each splice point carried part each way in each phase of each round.
-		r.gib = float64(4*part*rounds) / (1 << 30)
+		// Each splice point carried part each way in the single stream
+		// and each*streams in the concurrent ones, each round.
+		r.gib = float64(2*(part+each*int64(p.streams))*rounds) / (1 << 30)
 	}
 	return rs, nil
 }
@@ -426,6 +459,46 @@ func streams(t *topology, n int, size int64) (time.Duration, float64, error) {
 	return streamsOver(func() (net.Conn, error) { return t.dialRetry(30 * time.Second) }, n, size)
 }
 
+// bytesString is n bytes in MiB, or in KiB below 1 MiB.
+func bytesString(n int64) string {
+	if n < 1<<20 {
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d MiB", n>>20)
+}
+
+// loadedEvery is how often setupsUntil sets up a connection.
+const loadedEvery = 250 * time.Millisecond
+
+// setupsUntil sets up a connection through t every loadedEvery, one at a
+// time, until stop is closed, and returns how long each took (the
+// first byte's round trip included, as in the setup figures); failures
+// are counted in *errs.
+func setupsUntil(t *topology, stop <-chan struct{}, errs *int) []time.Duration {
+	var took []time.Duration
+	tick := time.NewTicker(loadedEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return took
+		case <-tick.C:
+		}
+		start := time.Now()
+		c, err := t.dialTimeout(30 * time.Second)
+		if err != nil {
+			*errs++
+			continue
+		}
+		took = append(took, time.Since(start))
+		c.Close()
+	}
+}
+
+// stallGrace is how long streams and download wait, beyond a second per
+// MB, before they call a chain stalled.
+var stallGrace = time.Minute
+
 // streamsOver is streams over the connections dial opens.
 func streamsOver(dial func() (net.Conn, error), n int, size int64) (time.Duration, float64, error) {
 	conns := make([]net.Conn, n)
@@ -443,6 +516,12 @@ func streamsOver(dial func() (net.Conn, error), n int, size int64) (time.Duratio
 	errc := make(chan error, 2*n)
 	took := make([]time.Duration, n) // each connection's, to its last byte back
 	start := time.Now()
+	// A chain that stalls fails the run rather than hanging it: stallGrace,
+	// and a second per MB that all the connections carry each way.
+	deadline := start.Add(stallGrace + time.Duration(int64(n)*size/1e6)*time.Second)
+	for _, c := range conns {
+		c.SetDeadline(deadline)
+	}
 	for i, c := range conns {
 		go func() { errc <- sendN(c, buf, size) }()
 		go func() {
@@ -480,9 +559,9 @@ func download(t *topology, size int64) (time.Duration, int64, error) {
 		return 0, 0, err
 	}
 	defer c.Close()
-	// A chain that stalls fails the run rather than hanging it: a minute,
+	// A chain that stalls fails the run rather than hanging it: stallGrace,
 	// and a second per MB beyond.
-	c.SetDeadline(time.Now().Add(time.Minute + time.Duration(size/1e6)*time.Second))
+	c.SetDeadline(time.Now().Add(stallGrace + time.Duration(size/1e6)*time.Second))
 	if _, err := c.Write(downloadRequest(size)); err != nil {
 		return 0, 0, err
 	}
