@@ -31,3 +31,48 @@ func TestStreamsStalled(t *testing.T) {
 		}
 	}
 }
+
+// setupsUntil sets up a connection each tick until stopped, and counts
+// the ones that fail.
+func TestSetupsUntil(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	for _, tc := range []struct {
+		target string
+		ok     bool
+	}{{ln.Addr().String(), true}, {closedPort(t), false}} {
+		stop := make(chan struct{})
+		time.AfterFunc(3*loadedEvery+loadedEvery/2, func() { close(stop) })
+		errs := 0
+		took := setupsUntil(&topology{kind: "d", target: tc.target}, stop, &errs)
+		if tc.ok && (len(took) == 0 || errs != 0) {
+			t.Errorf("to an echo server: %d setups, %d failed; want some, none failed", len(took), errs)
+		}
+		if !tc.ok && (len(took) != 0 || errs == 0) {
+			t.Errorf("to a closed port: %d setups, %d failed; want none, some failed", len(took), errs)
+		}
+	}
+}
+
+// closedPort is a loopback address where nothing listens.
+func closedPort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
