@@ -23,14 +23,14 @@ func TestPtbench(t *testing.T) {
 		pts = "test,obfs4"
 	}
 	cmd := exec.Command(bin("ptbench"), "-bin", binDir, "-hops", "1,2", "-pts", pts,
-		"-size", "2", "-setups", "20", "-idle", "30", "-hold", "300", "-links", "20ms,40ms@100", "-link-setups", "5", "-link-size", "1", "-link-stream-size", "1")
+		"-size", "2", "-setups", "20", "-idle", "30", "-hold", "300", "-links", "20ms,40ms@100", "-link-setups", "5", "-link-size", "1", "-link-stream-size", "1", "-streams", "2")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("ptbench: %v\n%s", err, out)
 	}
 	for _, want := range []string{"(d) raw TCP", "(c) relay, loop, test|test", "(c') relay, splice, test|test", "(a) combiners, test|test",
 		"(a) test|test  ", "Over an emulated link of 20ms RTT between", "Over an emulated link of 40ms RTT, 100 Mbit/s", "(f) test|test ",
-		"1 MiB each way for the single stream and 4 MiB for each of the 8", "setup under load", "opened 300 of 300", "300 of them carried a byte both ways, 0 did not"} {
+		"1 MiB each way for the single stream and 4 MiB for each of the 2", "setup under load", "opened 300 of 300", "300 of them carried a byte both ways, 0 did not"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("ptbench output lacks %q:\n%s", want, out)
 		}

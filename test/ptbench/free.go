@@ -175,12 +175,12 @@ func linkRatios(rows []row, p params) {
 			fmt.Printf("A fresh chained connection pays its TCP and PT handshakes in the link's round trips; a new\n")
 			fmt.Printf("stream of the open session only its first byte's.\n")
 			fmt.Printf("Targets: what a new stream adds (its setup p50 less its byte round trip on an open stream, RTT)\n")
-			fmt.Printf("<= 0.2x a chained connection's setup p50; 1 stream >= 0.9x; the 8 streams' evenness >= 0.8.\n")
+			fmt.Printf("<= 0.2x a chained connection's setup p50; 1 stream >= 0.9x; the %d streams' evenness >= 0.8.\n", p.streams)
 			fmt.Printf("\"1 stream\" is echoed, bulk both ways at once; \"1 down\" one way, the sink sending, as a download\n")
 			fmt.Printf("(a window update then waits behind no bulk going the other way).\n")
 			fmt.Printf("\"x bound adds\" is against what the chained connection adds in the same way (its setup less its RTT).\n")
 			fmt.Printf("\"setup under load\": the p50 of a setup every %v while the %d streams run (no target).\n", loadedEvery, p.streams)
-			fmt.Printf("%-22s %17s %11s %9s %9s %9s %15s %8s %13s %8s %15s %12s %17s\n", "chain", "setup p50 ms", "stream adds", "adds", "adds x", "RTT ms", "1 stream MB/s", "1 stream", "1 down MB/s", "1 down", "8 streams MB/s", "evenness", "setup under load")
+			fmt.Printf("%-22s %17s %11s %9s %9s %9s %15s %8s %13s %8s %15s %12s %17s\n", "chain", "setup p50 ms", "stream adds", "adds", "adds x", "RTT ms", "1 stream MB/s", "1 stream", "1 down MB/s", "1 down", fmt.Sprintf("%d streams MB/s", p.streams), "evenness", "setup under load")
 			fmt.Printf("%-22s %17s %11s %9s %9s %9s %15s %8s %13s %8s %15s %12s %17s\n", "", "free|bound", "ms", "x bound", "bound adds", "free|bound", "free|bound", "x bound", "free|bound", "x bound", "free|bound", "free|bound", "ms free|bound")
 		}
 		adds := f.r.p50 - f.r.rtt
