@@ -303,7 +303,7 @@ func (c *Client) hop(ctx context.Context, ch Chain, i int, outermost bool) (hop,
 }
 
 func (c *Client) ptHop(proxy string) ptHop {
-	return ptHop{proxy: proxy, life: c.ctx, pipes: &c.conns, linger: c.opt.Linger}
+	return ptHop{proxy: proxy, life: c.ctx, pipes: &c.conns, linger: c.opt.Linger, log: c.log}
 }
 
 // builtin returns the dialer of an in-process method, starting it the

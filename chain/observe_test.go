@@ -102,12 +102,9 @@ func TestObserverInProcess(t *testing.T) {
 			go func() { defer c.Close(); io.Copy(c, c) }()
 		}
 	}()
-	refusing, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closedPort := refusing.Addr().String()
-	refusing.Close()
+	// Port 1, outside the ephemeral range: a freed port could be handed to
+	// a one-use shim meanwhile.
+	const closedPort = "127.0.0.1:1"
 
 	var cfg Config
 	for _, err := range []error{cfg.AddBuiltinFlag("obfs3,obfs4"), cfg.AddChainFlag("o=obfs3|obfs4"), cfg.Validate()} {
@@ -198,15 +195,10 @@ func TestReasonOf(t *testing.T) {
 	}
 }
 
-// errConnRefused is a real refusal from the kernel.
+// errConnRefused is a real refusal from the kernel, from port 1, where
+// nothing listens.
 func errConnRefused() error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	_, err = net.Dial("tcp", addr)
+	_, err := net.Dial("tcp", "127.0.0.1:1")
 	return err
 }
 

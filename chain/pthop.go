@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -36,6 +37,7 @@ type ptHop struct {
 	life   context.Context // the client's: ends every pipe
 	pipes  *sync.WaitGroup // the client's: counts every pipe
 	linger time.Duration   // how long a pipe may drain after its conn closed
+	log    *slog.Logger
 }
 
 var _ transport.Dialer = ptHop{}
@@ -69,16 +71,39 @@ func (h ptHop) Dial(ctx context.Context, args metadata.Args, addr string, under 
 		}
 		return h.newConn(conn, start, nil), nil
 	}
-	l, err := shim.ListenOnce(shimListenAddr)
-	if err != nil {
-		return nil, fmt.Errorf("shim listener: %w", err)
+	for attempt := 1; ; attempt++ {
+		l, err := shim.ListenOnce(shimListenAddr)
+		if err != nil {
+			return nil, fmt.Errorf("shim listener: %w", err)
+		}
+		s := newShimSetup(ctx, h, l, user, pass, addr, under, start)
+		ask, out, err := s.wait()
+		if err == nil {
+			return h.newConn(ask.conn, start, out.pipe), nil
+		}
+		if attempt > shimRetries || !s.taken(err) || ctx.Err() != nil {
+			return nil, err
+		}
+		h.logger().Warn("the PT was refused by its shim, which another local connection must have taken; asking it again with a new shim",
+			"pt", h.proxy, "shim", s.target, "taken_by", s.strayFrom(), "attempt", attempt)
 	}
-	s := newShimSetup(ctx, h, l, user, pass, addr, under, start)
-	ask, out, err := s.wait()
-	if err != nil {
-		return nil, err
+}
+
+// shimRetries is how many times a hop is asked again after a shim was
+// taken. A shim listens on an ephemeral loopback port for the PT's one
+// connection; any local program that connects to that port first (one
+// retrying a port that was freed and handed to the shim, or a scan) takes
+// the shim's single accept, and the PT's own connection is refused. Asking
+// again with a new port recovers; the connection that took the shim is
+// closed with the failed setup, and only the PT's connection is ever
+// carried on.
+const shimRetries = 2
+
+func (h ptHop) logger() *slog.Logger {
+	if h.log == nil {
+		return slog.Default()
 	}
-	return h.newConn(ask.conn, start, out.pipe), nil
+	return h.log
 }
 
 // shimSetup is an external hop being set up over the hops outside it: two
@@ -92,6 +117,7 @@ type shimSetup struct {
 	start         time.Time
 	cancel        context.CancelFunc
 	accepted      chan struct{}    // closed when the PT connected to the shim
+	acceptedFrom  net.Addr         // who connected, set before accepted closes
 	asked         chan askResult   // the PT's SOCKS reply
 	outer         chan outerResult // the shim's side
 }
@@ -129,6 +155,7 @@ func (s *shimSetup) acceptAndDial(ctx context.Context, l *shim.OneUse, addr stri
 		}
 		return outerResult{err: err}
 	}
+	s.acceptedFrom = in.RemoteAddr()
 	close(s.accepted)
 	out, err := under(ctx, addr)
 	if err != nil {
@@ -205,6 +232,25 @@ func (s *shimSetup) askFailed(err error) error {
 		return s.neverConnected()
 	}
 	return &askedError{proxy: s.proxy, target: s.target, err: withElapsed(err, s.start)}
+}
+
+// taken says whether err is the PT's report that its shim refused it: the
+// shim was listening from before the PT was asked until it accepted one
+// connection, so the refusal means another connection came first.
+func (s *shimSetup) taken(err error) bool {
+	var asked *askedError
+	var reply *shim.ReplyError
+	return errors.As(err, &asked) && asked.target == s.target &&
+		errors.As(err, &reply) && reply.Code == shim.RepConnectionRefused
+}
+
+// strayFrom is the address of the connection that took the shim, when
+// one was accepted.
+func (s *shimSetup) strayFrom() string {
+	if s.wasAccepted() && s.acceptedFrom != nil {
+		return s.acceptedFrom.String()
+	}
+	return "unknown"
 }
 
 func (s *shimSetup) wasAccepted() bool {

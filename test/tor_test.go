@@ -36,9 +36,13 @@ type torInstance struct {
 
 // fakeAuthority is a DirAuthority line for an authority where nothing
 // listens, so that tor never tries the public authorities (TOR-E2E.md).
+// Tor keeps trying it, so it is on port 1, outside the ephemeral range: a
+// port freed by closing a listener may be handed meanwhile to a one-use
+// shim of a test running in another process, whose single accept tor's
+// attempt would take.
 func fakeAuthority(t testing.TB) string {
-	return fmt.Sprintf("DirAuthority fakeauth orport=%d no-v2 v3ident=%s 127.0.0.1:%d %s",
-		freePort(t), strings.Repeat("A", 40), freePort(t), strings.Repeat("B", 40))
+	return fmt.Sprintf("DirAuthority fakeauth orport=1 no-v2 v3ident=%s 127.0.0.1:1 %s",
+		strings.Repeat("A", 40), strings.Repeat("B", 40))
 }
 
 // startTor runs tor with the given torrc lines, plus the lines every test

@@ -15,12 +15,7 @@ import (
 // closed a nil *net.TCPConn held in a net.Conn and panicked when it ran out
 // of descriptors under -ref-public.
 func TestDialOnwardUnreachableGivesNilConn(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := ln.Addr().String()
-	ln.Close()
+	closed := closedAddr
 	cookie := filepath.Join(t.TempDir(), "cookie")
 	for _, target := range []string{"tor", closed} {
 		c, err := dialOnward(target, closed, cookie, extorport.Meta{UserAddr: "192.0.2.1:1"})

@@ -1,0 +1,143 @@
+package chain
+
+import (
+	"context"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	pt "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
+)
+
+// strayPT is a SOCKS5 PT for one hop whose first request finds its shim
+// taken: before connecting to the shim it is given, another connection
+// (the stray, which it keeps open) connects first, so its own connection
+// is refused and it replies 0x05, as a real PT would. Later requests are
+// relayed as a plain TCP proxy would.
+type strayPT struct {
+	ln *pt.SocksListener
+
+	mu     sync.Mutex
+	asked  []string   // the shims it was asked to reach
+	strays []net.Conn // the connections that took a shim
+}
+
+func startStrayPT(t *testing.T) *strayPT {
+	t.Helper()
+	ln, err := pt.ListenSocks("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &strayPT{ln: ln}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range p.strays {
+			c.Close()
+		}
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			conn, err := ln.AcceptSocks()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.serve(conn)
+			}()
+		}
+	}()
+	return p
+}
+
+func (p *strayPT) serve(conn *pt.SocksConn) {
+	defer conn.Close()
+	target := conn.Req.Target
+	p.mu.Lock()
+	p.asked = append(p.asked, target)
+	first := len(p.asked) == 1
+	p.mu.Unlock()
+	if first {
+		stray, err := net.Dial("tcp", target)
+		if err != nil {
+			conn.RejectReason(pt.SocksRepGeneralFailure)
+			return
+		}
+		p.mu.Lock()
+		p.strays = append(p.strays, stray)
+		p.mu.Unlock()
+	}
+	// A one-use shim closes its listener once it has accepted; give it
+	// the moment it takes.
+	var remote net.Conn
+	var err error
+	for range 50 {
+		if remote, err = net.Dial("tcp", target); err != nil || !first {
+			break
+		}
+		remote.Close()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		conn.RejectReason(pt.SocksRepConnectionRefused)
+		return
+	}
+	defer remote.Close()
+	if conn.Grant(nil) != nil {
+		return
+	}
+	go io.Copy(remote, conn)
+	io.Copy(conn, remote)
+}
+
+// A PT refused by its shim, because another local connection took the
+// shim's one accept, is asked again with a new shim, and the connection
+// that took the first is closed, never carried.
+func TestShimTakenIsRetried(t *testing.T) {
+	p := startStrayPT(t)
+	echo := plainEcho(t)
+	logs := &logBuf{}
+	life, cancel := context.WithCancel(context.Background())
+	var pipes sync.WaitGroup
+	t.Cleanup(func() { cancel(); pipes.Wait() })
+	h := ptHop{proxy: p.ln.Addr().String(), life: life, pipes: &pipes, linger: time.Second, log: newLogger(logs)}
+	var d net.Dialer
+	under := func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+
+	ctx, stop := context.WithTimeout(context.Background(), 20*time.Second)
+	defer stop()
+	conn, err := h.Dial(ctx, nil, echo, under)
+	if err != nil {
+		t.Fatalf("dial: %v; logs: %s", err, logs)
+	}
+	defer conn.Close()
+	echoOnce(t, conn, 1000)
+
+	p.mu.Lock()
+	asked, strays := append([]string(nil), p.asked...), append([]net.Conn(nil), p.strays...)
+	p.mu.Unlock()
+	if len(asked) != 2 || asked[0] == asked[1] {
+		t.Errorf("the PT was asked for %q; want two different shims", asked)
+	}
+	if len(strays) != 1 {
+		t.Fatalf("%d connections took a shim; want 1", len(strays))
+	}
+	strays[0].SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := strays[0].Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the connection that took the shim read %d bytes, %v; want it closed (EOF)", n, err)
+	}
+	if log := logs.String(); !strings.Contains(log, "level=WARN") || !strings.Contains(log, "another local connection must have taken") ||
+		!strings.Contains(log, "taken_by="+strays[0].LocalAddr().String()) {
+		t.Errorf("no warning naming the connection that took the shim; logs: %s", log)
+	}
+}
