@@ -268,7 +268,7 @@ func (c *Client) ready(ctx context.Context, ch Chain, reach map[string]error) er
 			}
 		default:
 			key, _ := c.hopKey(ch, i, true)
-			if _, err := c.endpoint(ctx, key, m, false); err != nil {
+			if _, _, err := c.endpoint(ctx, key, m, false); err != nil {
 				return err
 			}
 		}
@@ -289,21 +289,22 @@ func (c *Client) hop(ctx context.Context, ch Chain, i int, outermost bool) (hop,
 		d, err := c.builtin(m)
 		return hop{Dialer: d, method: m, program: "in-process"}, err
 	case SOCKSPlugin:
-		return hop{Dialer: c.ptHop(p.Addr), method: m, program: "unmanaged PT", pt: true}, nil
+		return hop{Dialer: c.ptHop(p.Addr, 0), method: m, program: "unmanaged PT", pt: true}, nil
 	}
 	key, err := c.hopKey(ch, i, outermost)
 	if err != nil {
 		return hop{}, err
 	}
-	addr, err := c.endpoint(ctx, key, m, true)
+	addr, pid, err := c.endpoint(ctx, key, m, true)
 	if err != nil {
 		return hop{}, err
 	}
-	return hop{Dialer: c.ptHop(addr.String()), method: m, program: p.Path, pt: true}, nil
+	return hop{Dialer: c.ptHop(addr.String(), pid), method: m, program: p.Path, pt: true}, nil
 }
 
-func (c *Client) ptHop(proxy string) ptHop {
-	return ptHop{proxy: proxy, life: c.ctx, pipes: &c.conns, linger: c.opt.Linger, log: c.log}
+// ptHop is the dialer of a PT at proxy, run as process pid (0: unmanaged).
+func (c *Client) ptHop(proxy string, pid int) ptHop {
+	return ptHop{proxy: proxy, life: c.ctx, pipes: &c.conns, linger: c.opt.Linger, log: c.log, pid: pid}
 }
 
 // builtin returns the dialer of an in-process method, starting it the
@@ -390,8 +391,9 @@ func (c *Client) process(ctx context.Context, key procKey) (*ptproc.Process, err
 	return sup.Start(ctx, &c.sups) // ctx, or Close, aborts a hanging start
 }
 
-// endpoint returns the SOCKS address of method in the child key.
-func (c *Client) endpoint(ctx context.Context, key procKey, method string, launch bool) (*net.TCPAddr, error) {
+// endpoint returns the SOCKS address of method in the child key, and the
+// child's process ID.
+func (c *Client) endpoint(ctx context.Context, key procKey, method string, launch bool) (*net.TCPAddr, int, error) {
 	var p *ptproc.Process
 	var err error
 	if launch {
@@ -411,7 +413,7 @@ func (c *Client) endpoint(ctx context.Context, key procKey, method string, launc
 		}
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	m, ok := p.Methods()[method]
 	if !ok {
@@ -419,12 +421,12 @@ func (c *Client) endpoint(ctx context.Context, key procKey, method string, launc
 		if e, ok := p.MethodErrors()[method]; ok {
 			why = "the program says: " + e
 		}
-		return nil, fmt.Errorf("method %q: %s", method, why)
+		return nil, 0, fmt.Errorf("method %q: %s", method, why)
 	}
 	if m.Protocol != "socks5" {
-		return nil, fmt.Errorf("method %q speaks %s; only socks5 is supported", method, m.Protocol)
+		return nil, 0, fmt.Errorf("method %q speaks %s; only socks5 is supported", method, m.Protocol)
 	}
-	return m.Addr, nil
+	return m.Addr, p.Pid(), nil
 }
 
 // HopError says which hop of a chain failed, which PT program was asked to

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ptcombiner/ptcombiner/internal/procstat"
 	"github.com/ptcombiner/ptcombiner/metadata"
 	"github.com/ptcombiner/ptcombiner/shim"
 	"github.com/ptcombiner/ptcombiner/transport"
@@ -38,6 +40,7 @@ type ptHop struct {
 	pipes  *sync.WaitGroup // the client's: counts every pipe
 	linger time.Duration   // how long a pipe may drain after its conn closed
 	log    *slog.Logger
+	pid    int // the managed PT's process; 0 for an unmanaged one
 }
 
 var _ transport.Dialer = ptHop{}
@@ -76,6 +79,9 @@ func (h ptHop) Dial(ctx context.Context, args metadata.Args, addr string, under 
 		if err != nil {
 			return nil, fmt.Errorf("shim listener: %w", err)
 		}
+		if shimListening != nil {
+			shimListening(l.Addr())
+		}
 		s := newShimSetup(ctx, h, l, user, pass, addr, under, start)
 		ask, out, err := s.wait()
 		if err == nil {
@@ -88,6 +94,10 @@ func (h ptHop) Dial(ctx context.Context, args metadata.Args, addr string, under 
 			"pt", h.proxy, "shim", s.target, "taken_by", s.strayFrom(), "attempt", attempt)
 	}
 }
+
+// shimListening, set by tests only, hears each shim's address before its
+// PT is asked to connect to it.
+var shimListening func(*net.TCPAddr)
 
 // shimRetries is how many times a hop is asked again after a shim was
 // taken. A shim listens on an ephemeral loopback port for the PT's one
@@ -118,6 +128,7 @@ type shimSetup struct {
 	cancel        context.CancelFunc
 	accepted      chan struct{}    // closed when the PT connected to the shim
 	acceptedFrom  net.Addr         // who connected, set before accepted closes
+	stray         bool             // what connected is not the PT's: set by wait
 	asked         chan askResult   // the PT's SOCKS reply
 	outer         chan outerResult // the shim's side
 }
@@ -216,6 +227,9 @@ func (s *shimSetup) wait() (ask askResult, out outerResult, err error) {
 	if !gotOut {
 		out = <-s.outer
 	}
+	if ask.err != nil && out.pipe != nil { // while what the shim accepted is open
+		s.stray = s.notThePT()
+	}
 	if ask.conn != nil {
 		ask.conn.Close()
 	}
@@ -234,14 +248,36 @@ func (s *shimSetup) askFailed(err error) error {
 	return &askedError{proxy: s.proxy, target: s.target, err: withElapsed(err, s.start)}
 }
 
-// taken says whether err is the PT's report that its shim refused it: the
-// shim was listening from before the PT was asked until it accepted one
-// connection, so the refusal means another connection came first.
+// taken says whether err is this PT's failure to reach its shim because
+// another connection took it: the PT says it was refused (the shim
+// listened from before the PT was asked until it accepted one
+// connection, so only a connection that came first explains that), or it
+// failed otherwise (obfs4proxy answers 0x01 for any error) and what the
+// shim accepted is provably not the PT's.
 func (s *shimSetup) taken(err error) bool {
 	var asked *askedError
+	if !errors.As(err, &asked) || asked.target != s.target {
+		return false
+	}
 	var reply *shim.ReplyError
-	return errors.As(err, &asked) && asked.target == s.target &&
-		errors.As(err, &reply) && reply.Code == shim.RepConnectionRefused
+	return s.stray || errors.As(err, &reply) && reply.Code == shim.RepConnectionRefused
+}
+
+// notThePT says whether the connection the shim accepted is provably not
+// the PT's: its other end is an open socket that neither the PT nor a
+// process of its own holds. Only a managed PT's process is known, and
+// only Linux's /proc tells; where either is missing, it is not proven.
+func (s *shimSetup) notThePT() bool {
+	from, ok := s.acceptedFrom.(*net.TCPAddr)
+	if s.hop.pid <= 0 || !ok {
+		return false
+	}
+	shimAddr, err := netip.ParseAddrPort(s.target)
+	if err != nil {
+		return false
+	}
+	owned, known := procstat.SocketOwner(s.hop.pid, from.AddrPort(), shimAddr)
+	return known && !owned
 }
 
 // strayFrom is the address of the connection that took the shim, when

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -19,19 +20,22 @@ import (
 // relayed as a plain TCP proxy would.
 type strayPT struct {
 	ln *pt.SocksListener
+	// honest: it connects to its shim itself, then fails (0x01), as a PT
+	// whose own handshake failed does.
+	honest bool
 
 	mu     sync.Mutex
 	asked  []string   // the shims it was asked to reach
 	strays []net.Conn // the connections that took a shim
 }
 
-func startStrayPT(t *testing.T) *strayPT {
+func startStrayPT(t *testing.T, honest bool) *strayPT {
 	t.Helper()
 	ln, err := pt.ListenSocks("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &strayPT{ln: ln}
+	p := &strayPT{ln: ln, honest: honest}
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		ln.Close()
@@ -67,6 +71,15 @@ func (p *strayPT) serve(conn *pt.SocksConn) {
 	p.asked = append(p.asked, target)
 	first := len(p.asked) == 1
 	p.mu.Unlock()
+	if p.honest {
+		if own, err := net.Dial("tcp", target); err == nil {
+			p.mu.Lock()
+			p.strays = append(p.strays, own) // open while the hop judges it
+			p.mu.Unlock()
+		}
+		conn.RejectReason(pt.SocksRepGeneralFailure)
+		return
+	}
 	if first {
 		stray, err := net.Dial("tcp", target)
 		if err != nil {
@@ -104,7 +117,7 @@ func (p *strayPT) serve(conn *pt.SocksConn) {
 // shim's one accept, is asked again with a new shim, and the connection
 // that took the first is closed, never carried.
 func TestShimTakenIsRetried(t *testing.T) {
-	p := startStrayPT(t)
+	p := startStrayPT(t, false)
 	echo := plainEcho(t)
 	logs := &logBuf{}
 	life, cancel := context.WithCancel(context.Background())
@@ -139,5 +152,75 @@ func TestShimTakenIsRetried(t *testing.T) {
 	if log := logs.String(); !strings.Contains(log, "level=WARN") || !strings.Contains(log, "another local connection must have taken") ||
 		!strings.Contains(log, "taken_by="+strays[0].LocalAddr().String()) {
 		t.Errorf("no warning naming the connection that took the shim; logs: %s", log)
+	}
+}
+
+// A PT that reached its shim and failed on its own (its socket is in the
+// process the hop names) is not asked again.
+func TestShimNotTakenIsNotRetried(t *testing.T) {
+	p := startStrayPT(t, true)
+	echo := plainEcho(t)
+	life, cancel := context.WithCancel(context.Background())
+	var pipes sync.WaitGroup
+	t.Cleanup(func() { cancel(); pipes.Wait() })
+	h := ptHop{proxy: p.ln.Addr().String(), life: life, pipes: &pipes, linger: time.Second, pid: os.Getpid()}
+	var d net.Dialer
+	under := func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	ctx, stop := context.WithTimeout(context.Background(), 20*time.Second)
+	defer stop()
+	if conn, err := h.Dial(ctx, nil, echo, under); err == nil {
+		conn.Close()
+		t.Fatal("dial succeeded through a PT that fails")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.asked) != 1 {
+		t.Errorf("the PT was asked %d times; want once", len(p.asked))
+	}
+}
+
+// The same with obfs4proxy as the PT inside another hop: its reply when
+// its shim is taken is what the retry goes by.
+func TestShimTakenObfs4proxy(t *testing.T) {
+	echo := plainEcho(t)
+	bridge, args := obfs4proxyBridge(t, echo, "obfs4", "obfs4")
+	cli := clientOf(t, "ClientTransportPlugin obfs4 exec OBFS4PROXY\nAlias c obfs4|obfs4\n", 20*time.Second, "c")
+	var (
+		mu     sync.Mutex
+		strays []net.Conn
+	)
+	shimListening = func(a *net.TCPAddr) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(strays) > 0 {
+			return
+		}
+		if c, err := net.Dial("tcp", a.String()); err == nil {
+			strays = append(strays, c)
+		}
+	}
+	t.Cleanup(func() {
+		shimListening = nil
+		for _, c := range strays {
+			c.Close()
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), eventCeiling)
+	defer cancel()
+	conn, err := cli.Dial(ctx, "c", bridge, args)
+	if err != nil {
+		t.Fatalf("dial with its first shim taken: %v", err)
+	}
+	if err := roundTrip(conn, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(strays) != 1 {
+		t.Fatalf("%d connections took a shim; want 1", len(strays))
+	}
+	strays[0].SetReadDeadline(time.Now().Add(eventCeiling))
+	if n, err := strays[0].Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the connection that took the shim read %d bytes, %v; want it closed (EOF)", n, err)
 	}
 }

@@ -1,7 +1,8 @@
 // Package procstat reads what the tests, the demo and the benchmark tool
 // need to know of a running process from Linux's /proc: CPU time, resident
-// memory, open descriptors and children. Each function returns zero (or
-// nothing) when the process is gone or /proc cannot tell.
+// memory, open descriptors and children; and, for the client, whose
+// socket a connection to one of its shims is. Each function returns zero
+// (or nothing) when the process is gone or /proc cannot tell.
 package procstat
 
 import (

@@ -2,6 +2,7 @@ package procstat
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"os"
 	"slices"
@@ -59,4 +60,61 @@ func parseProcAddr(s string) (netip.AddrPort, bool) {
 	var ip [4]byte
 	binary.NativeEndian.PutUint32(ip[:], uint32(word))
 	return netip.AddrPortFrom(netip.AddrFrom4(ip), uint16(port)), true
+}
+
+// SocketOwner says whether the IPv4 TCP socket at local connected to
+// remote is held open by pid or one of its descendants (a PT started
+// through a wrapper holds its sockets in a child). known is false when
+// /proc cannot tell: no such socket (it is gone, or only its TIME_WAIT is
+// left), or no /proc.
+func SocketOwner(pid int, local, remote netip.AddrPort) (owned, known bool) {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return false, false
+	}
+	inode := socketInode(string(b), local, remote)
+	if inode == "" {
+		return false, false
+	}
+	link := "socket:[" + inode + "]"
+	seen := map[int]bool{}
+	for todo := []int{pid}; len(todo) > 0; {
+		p := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		dir := fmt.Sprintf("/proc/%d/fd", p)
+		entries, err := os.ReadDir(dir)
+		if err != nil && p == pid {
+			return false, false
+		}
+		for _, e := range entries {
+			if l, _ := os.Readlink(dir + "/" + e.Name()); l == link {
+				return true, true
+			}
+		}
+		todo = append(todo, Children(p)...)
+	}
+	return false, true
+}
+
+// socketInode is the inode of the socket at local connected to remote in
+// table, /proc/net/tcp's text; "" when there is none that has one.
+func socketInode(table string, local, remote netip.AddrPort) string {
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	for _, line := range strings.Split(table, "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 10 {
+			continue
+		}
+		l, lok := parseProcAddr(f[1])
+		r, rok := parseProcAddr(f[2])
+		if lok && rok && l == local && r == remote && f[9] != "0" {
+			return f[9]
+		}
+	}
+	return ""
 }

@@ -3,6 +3,8 @@ package procstat
 import (
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"slices"
 	"testing"
 )
@@ -41,5 +43,59 @@ func TestEstablishedToListsASocketOnce(t *testing.T) {
 	got := establishedTo(table, netip.MustParseAddrPort("127.0.0.1:39917"))
 	if want := []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:56160")}; !slices.Equal(got, want) {
 		t.Errorf("establishedTo = %v, want %v", got, want)
+	}
+}
+
+// A socket is owned by the process that holds it, and by that process's
+// ancestors; not by another; and a socket that is gone is unknown.
+func TestSocketOwner(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	local, remote := c.LocalAddr().(*net.TCPAddr).AddrPort(), ln.Addr().(*net.TCPAddr).AddrPort()
+	if owned, known := SocketOwner(os.Getpid(), local, remote); !owned || !known {
+		t.Errorf("SocketOwner(self) = %v, %v; want owned, known", owned, known)
+	}
+	if owned, known := SocketOwner(os.Getppid(), local, remote); !owned || !known {
+		t.Errorf("SocketOwner(parent) = %v, %v; want owned (by a descendant), known", owned, known)
+	}
+	other := exec.Command("sleep", "30")
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { other.Process.Kill(); other.Wait() }()
+	if owned, known := SocketOwner(other.Process.Pid, local, remote); owned || !known {
+		t.Errorf("SocketOwner(another process) = %v, %v; want not owned, known", owned, known)
+	}
+	if owned, known := SocketOwner(os.Getpid(), remote, local); !owned || !known {
+		t.Errorf("SocketOwner of the accepted end = %v, %v; want owned, known", owned, known)
+	}
+	c.Close()
+	if owned, known := SocketOwner(os.Getpid(), local, remote); owned || known {
+		t.Errorf("SocketOwner of a closed socket = %v, %v; want unknown", owned, known)
+	}
+}
+
+func TestSocketInode(t *testing.T) {
+	table := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
+		"   0: 0100007F:1F90 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 0 1 0000000000000000 20 4 30 10 -1\n" +
+		"   1: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 30 10 -1\n"
+	a, b := netip.MustParseAddrPort("127.0.0.1:40000"), netip.MustParseAddrPort("127.0.0.1:8080")
+	if got := socketInode(table, a, b); got != "4242" {
+		t.Errorf("socketInode = %q, want 4242", got)
+	}
+	if got := socketInode(table, b, a); got != "" {
+		t.Errorf("socketInode of an orphan (inode 0) = %q, want none", got)
 	}
 }
