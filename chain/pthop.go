@@ -87,7 +87,12 @@ func (h ptHop) Dial(ctx context.Context, args metadata.Args, addr string, under 
 		if err == nil {
 			return h.newConn(ask.conn, start, out.pipe), nil
 		}
-		if attempt > shimRetries || !s.taken(err) || ctx.Err() != nil {
+		taken := s.taken(err)
+		if s.wasAccepted() {
+			h.logger().Debug("a hop's setup failed after its shim accepted a connection", "pt", h.proxy, "shim", s.target,
+				"accepted_from", s.acceptedFrom, "not_the_pt", s.stray, "taken", taken, "err", err)
+		}
+		if attempt > shimRetries || !taken || ctx.Err() != nil {
 			return nil, err
 		}
 		h.logger().Warn("the PT was refused by its shim, which another local connection must have taken; asking it again with a new shim",

@@ -128,18 +128,20 @@ type Published struct {
 // stamps that tie every child's arrival to its chain connection, and the
 // in-process hops.
 type Server struct {
-	opt     ServerOptions
-	log     *slog.Logger
-	ctx     context.Context
-	cancel  context.CancelFunc
-	stamps  *stampBook
-	tor     *torPool // nil: no Extended ORPort
-	nextID  atomic.Uint64
-	open    atomic.Int64 // client connections open, for MaxConns
-	capWarn atomic.Bool
-	wg      sync.WaitGroup // accept loops and connections
-	active  sync.WaitGroup // client connections, for draining
-	sups    sync.WaitGroup // the children's supervisors
+	opt ServerOptions
+	log *slog.Logger
+	// refusals limits the Extended ORPort refusals' warnings.
+	refusals logLimit
+	ctx      context.Context
+	cancel   context.CancelFunc
+	stamps   *stampBook
+	tor      *torPool // nil: no Extended ORPort
+	nextID   atomic.Uint64
+	open     atomic.Int64 // client connections open, for MaxConns
+	capWarn  atomic.Bool
+	wg       sync.WaitGroup // accept loops and connections
+	active   sync.WaitGroup // client connections, for draining
+	sups     sync.WaitGroup // the children's supervisors
 
 	mu        sync.Mutex
 	children  []*serverChild
@@ -279,7 +281,8 @@ func NewServer(opt ServerOptions) *Server {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{opt: opt, log: log, ctx: ctx, cancel: cancel, stamps: newStampBook()}
+	s := &Server{opt: opt, log: log, ctx: ctx, cancel: cancel, stamps: newStampBook(),
+		refusals: logLimit{burst: refusalBurst, period: refusalPeriod}}
 	insts := opt.TorInstances
 	if opt.TorExtORPort != "" {
 		insts = append([]TorInstance{{ExtORPort: opt.TorExtORPort, CookiePath: opt.TorCookiePath}}, insts...)
@@ -975,7 +978,7 @@ func (s *Server) admit() (release func(), ok bool) {
 func (s *Server) arrive(child *serverChild, meta extorport.Meta, conn *net.TCPConn) {
 	pub := child.public
 	refuse := func(why string) {
-		s.log.Warn("refused an Extended ORPort connection: "+why, "child", child.name(), "chain", pub.chain.alias,
+		s.refusals.warn(s.log, "refused an Extended ORPort connection: "+why, "child", child.name(), "chain", pub.chain.alias,
 			"useraddr", meta.UserAddr, "transport", meta.Transport)
 		s.extOR(PeerChild, ExtDenied)
 		extorport.Deny(conn)
@@ -1139,7 +1142,7 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 	meta, err := extorport.ServerHandshake(conn, extorport.ServerConfig{Cookie: child.cookie, Timeout: s.opt.HandshakeTimeout})
 	if err != nil {
 		s.extOR(PeerChild, ExtFailed)
-		s.log.Warn("refused an Extended ORPort connection", "child", child.name(), "err", err)
+		s.refusals.warn(s.log, "refused an Extended ORPort connection", "child", child.name(), "err", err)
 		conn.Close()
 		return
 	}
@@ -1150,7 +1153,7 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 	addr, err := netip.ParseAddrPort(meta.UserAddr)
 	if err != nil {
 		s.extOR(PeerChild, ExtUnmatched)
-		s.log.Warn("refused an Extended ORPort connection without a usable USERADDR", "child", child.name(), "useraddr", meta.UserAddr, "err", err)
+		s.refusals.warn(s.log, "refused an Extended ORPort connection without a usable USERADDR", "child", child.name(), "useraddr", meta.UserAddr, "err", err)
 		extorport.Deny(conn)
 		conn.Close()
 		return
@@ -1164,7 +1167,7 @@ func (s *Server) handleExt(child *serverChild, conn *net.TCPConn) {
 	}
 	if !ok {
 		s.extOR(PeerChild, ExtUnmatched)
-		s.log.Warn("refused an Extended ORPort connection: ptcombiner dialled no such connection into this child",
+		s.refusals.warn(s.log, "refused an Extended ORPort connection: ptcombiner dialled no such connection into this child",
 			"child", child.name(), "useraddr", meta.UserAddr, "transport", meta.Transport)
 		extorport.Deny(conn)
 		conn.Close()

@@ -68,12 +68,16 @@ func parseProcAddr(s string) (netip.AddrPort, bool) {
 // /proc cannot tell: no such socket (it is gone, or only its TIME_WAIT is
 // left), or no /proc.
 func SocketOwner(pid int, local, remote netip.AddrPort) (owned, known bool) {
-	b, err := os.ReadFile("/proc/net/tcp")
-	if err != nil {
-		return false, false
+	inode, found, err := diagInode(local, remote)
+	if err != nil { // no sock_diag: the table, which may miss it
+		b, rerr := os.ReadFile("/proc/net/tcp")
+		if rerr != nil {
+			return false, false
+		}
+		inode = socketInode(string(b), local, remote)
+		found = inode != ""
 	}
-	inode := socketInode(string(b), local, remote)
-	if inode == "" {
+	if !found {
 		return false, false
 	}
 	link := "socket:[" + inode + "]"

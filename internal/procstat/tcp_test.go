@@ -9,22 +9,30 @@ import (
 	"testing"
 )
 
-func TestEstablishedTo(t *testing.T) {
+// connected is a loopback connection, dialled and accepted; both ends and
+// the listener close with the test.
+func connected(t *testing.T) (dialled, accepted net.Conn, ln net.Listener) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	s, err := ln.Accept()
+	t.Cleanup(func() { c.Close() })
+	a, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { a.Close() })
+	return c, a, ln
+}
+
+func TestEstablishedTo(t *testing.T) {
+	c, _, ln := connected(t)
 	want := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	got := EstablishedTo(ln.Addr().(*net.TCPAddr).AddrPort())
 	if !slices.Equal(got, []netip.AddrPort{want}) {
@@ -49,20 +57,7 @@ func TestEstablishedToListsASocketOnce(t *testing.T) {
 // A socket is owned by the process that holds it, and by that process's
 // ancestors; not by another; and a socket that is gone is unknown.
 func TestSocketOwner(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	c, _, ln := connected(t)
 	local, remote := c.LocalAddr().(*net.TCPAddr).AddrPort(), ln.Addr().(*net.TCPAddr).AddrPort()
 	if owned, known := SocketOwner(os.Getpid(), local, remote); !owned || !known {
 		t.Errorf("SocketOwner(self) = %v, %v; want owned, known", owned, known)
@@ -97,5 +92,26 @@ func TestSocketInode(t *testing.T) {
 	}
 	if got := socketInode(table, b, a); got != "" {
 		t.Errorf("socketInode of an orphan (inode 0) = %q, want none", got)
+	}
+}
+
+// sock_diag finds a live socket by its 4-tuple, with the inode the table
+// lists, and finds none for a 4-tuple nobody holds.
+func TestDiagInode(t *testing.T) {
+	c, _, ln := connected(t)
+	local, remote := c.LocalAddr().(*net.TCPAddr).AddrPort(), ln.Addr().(*net.TCPAddr).AddrPort()
+	inode, found, err := diagInode(local, remote)
+	if err != nil || !found {
+		t.Fatalf("diagInode of a live socket: %q, %v, %v", inode, found, err)
+	}
+	table, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := socketInode(string(table), local, remote); inode != want {
+		t.Errorf("sock_diag says inode %s, /proc/net/tcp %s", inode, want)
+	}
+	if _, found, err := diagInode(netip.MustParseAddrPort("127.0.0.1:1"), remote); found || err != nil {
+		t.Errorf("diagInode of a 4-tuple nobody holds: found %v, %v", found, err)
 	}
 }
