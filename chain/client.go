@@ -61,6 +61,8 @@ type ClientOptions struct {
 type Client struct {
 	opt ClientOptions
 	log *slog.Logger
+	// shimsTaken limits the warnings of shims taken by other connections.
+	shimsTaken *logLimit
 
 	ctx    context.Context // ends every connection when cancelled
 	cancel context.CancelFunc
@@ -113,7 +115,8 @@ func NewClient(opt ClientOptions) *Client {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Client{opt: opt, log: log, ctx: ctx, cancel: cancel, procs: map[procKey]*procSlot{},
+	return &Client{opt: opt, log: log, shimsTaken: &logLimit{burst: refusalBurst, period: refusalPeriod},
+		ctx: ctx, cancel: cancel, procs: map[procKey]*procSlot{},
 		builtins: map[string]builtinHop{}, open: map[*Conn]struct{}{}}
 }
 
@@ -304,7 +307,7 @@ func (c *Client) hop(ctx context.Context, ch Chain, i int, outermost bool) (hop,
 
 // ptHop is the dialer of a PT at proxy, run as process pid (0: unmanaged).
 func (c *Client) ptHop(proxy string, pid int) ptHop {
-	return ptHop{proxy: proxy, life: c.ctx, pipes: &c.conns, linger: c.opt.Linger, log: c.log, pid: pid}
+	return ptHop{proxy: proxy, life: c.ctx, pipes: &c.conns, linger: c.opt.Linger, log: c.log, pid: pid, warnings: c.shimsTaken}
 }
 
 // builtin returns the dialer of an in-process method, starting it the

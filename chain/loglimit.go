@@ -7,7 +7,8 @@ import (
 )
 
 // logLimit lets one kind of warning through at most burst times a period.
-// Anything on the machine can connect to a child's Extended ORPort, and a
+// Anything on the machine can connect to a child's Extended ORPort (or take
+// a client's shim), and a
 // flood of such connections (a local port scan, a program retrying a port
 // the kernel has since handed to a child) would write a warning each: at
 // 8,000 a second, the log grew by half a million lines in three minutes
@@ -23,7 +24,7 @@ type logLimit struct {
 	held  int // warnings held back this period
 }
 
-// Extended ORPort refusals: 20 a minute.
+// Extended ORPort refusals, and shims taken: 20 a minute.
 const (
 	refusalBurst  = 20
 	refusalPeriod = time.Minute

@@ -41,6 +41,8 @@ type ptHop struct {
 	linger time.Duration   // how long a pipe may drain after its conn closed
 	log    *slog.Logger
 	pid    int // the managed PT's process; 0 for an unmanaged one
+	// warnings limits the warnings of taken shims (nil: every one).
+	warnings *logLimit
 }
 
 var _ transport.Dialer = ptHop{}
@@ -95,8 +97,13 @@ func (h ptHop) Dial(ctx context.Context, args metadata.Args, addr string, under 
 		if attempt > shimRetries || !taken || ctx.Err() != nil {
 			return nil, err
 		}
-		h.logger().Warn("the PT was refused by its shim, which another local connection must have taken; asking it again with a new shim",
-			"pt", h.proxy, "shim", s.target, "taken_by", s.strayFrom(), "attempt", attempt)
+		msg, args := "the PT was refused by its shim, which another local connection must have taken; asking it again with a new shim",
+			[]any{"pt", h.proxy, "shim", s.target, "taken_by", s.strayFrom(), "attempt", attempt}
+		if h.warnings != nil {
+			h.warnings.warn(h.logger(), msg, args...)
+		} else {
+			h.logger().Warn(msg, args...)
+		}
 	}
 }
 
