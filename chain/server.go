@@ -1264,7 +1264,7 @@ func (s *Server) dialTor(c *serverConn) (conn *net.TCPConn, release func(), err 
 func (s *Server) handlePlainOR(child *serverChild, conn *net.TCPConn) {
 	conn.Close()
 	if !child.warned.Swap(true) {
-		s.log.Error("a PT connected to the plain ORPort: it does not speak the Extended ORPort, so ptcombiner cannot tell which client a connection belongs to, and refuses it; use a PT that supports TOR_PT_EXTENDED_SERVER_PORT (every goptlib-based PT does)",
+		s.log.Error("a connection to the plain ORPort was refused: a PT that does not speak the Extended ORPort sends its clients there, and ptcombiner cannot tell which client such a connection belongs to; use a PT that supports TOR_PT_EXTENDED_SERVER_PORT (every goptlib-based PT does). Only once per child; if this PT does speak it, another local program connected to that port",
 			"child", child.name())
 	}
 }
