@@ -119,7 +119,7 @@ var shimListening func(*net.TCPAddr)
 // again with a new port recovers; the connection that took the shim is
 // closed with the failed setup, and only the PT's connection is ever
 // carried on.
-const shimRetries = 2
+const shimRetries = 5
 
 func (h ptHop) logger() *slog.Logger {
 	if h.log == nil {
