@@ -2,31 +2,63 @@ package chain
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	pt "gitlab.torproject.org/tpo/anti-censorship/pluggable-transports/goptlib"
+
+	"github.com/ptcombiner/ptcombiner/shim"
 )
 
 // strayPT is a SOCKS5 PT for one hop whose first request finds its shim
-// taken: before connecting to the shim it is given, another connection
+// taken: before it connects to the shim it is given, another connection
 // (the stray, which it keeps open) connects first, so its own connection
 // is refused and it replies 0x05, as a real PT would. Later requests are
-// relayed as a plain TCP proxy would.
+// relayed as a plain TCP proxy would. The hop's outer side must be an
+// echo: a byte echoed through a connection to the shim shows that the
+// shim has accepted it, and so closed its listener.
 type strayPT struct {
 	ln *pt.SocksListener
-	// honest: it connects to its shim itself, then fails (0x01), as a PT
-	// whose own handshake failed does.
+	// honest: it connects to its shim itself and, once that connection
+	// is carried, fails (0x01), as a PT whose own handshake failed does.
 	honest bool
 
 	mu     sync.Mutex
 	asked  []string   // the shims it was asked to reach
-	strays []net.Conn // the connections that took a shim
+	strays []net.Conn // the connections that took a shim (honest: its own), kept open
+}
+
+// carried says whether a byte written to c comes back: through a shim,
+// that the shim accepted c and piped it to the echo outside.
+func carried(c net.Conn) error {
+	c.SetDeadline(time.Now().Add(eventCeiling))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte{'x'}); err != nil {
+		return err
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return err
+	}
+	if b[0] != 'x' {
+		return fmt.Errorf("echoed %q, want %q", b[0], 'x')
+	}
+	return nil
+}
+
+// keep holds c open until the test ends.
+func (p *strayPT) keep(c net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.strays = append(p.strays, c)
 }
 
 func startStrayPT(t *testing.T, honest bool) *strayPT {
@@ -71,38 +103,25 @@ func (p *strayPT) serve(conn *pt.SocksConn) {
 	p.asked = append(p.asked, target)
 	first := len(p.asked) == 1
 	p.mu.Unlock()
-	if p.honest {
-		if own, err := net.Dial("tcp", target); err == nil {
-			p.mu.Lock()
-			p.strays = append(p.strays, own) // open while the hop judges it
-			p.mu.Unlock()
+	if p.honest || first {
+		c, err := net.Dial("tcp", target)
+		if err == nil {
+			p.keep(c)
+			err = carried(c)
 		}
-		conn.RejectReason(pt.SocksRepGeneralFailure)
-		return
-	}
-	if first {
-		stray, err := net.Dial("tcp", target)
 		if err != nil {
+			fmt.Fprintln(os.Stderr, "strayPT: the first connection to the shim:", err)
 			conn.RejectReason(pt.SocksRepGeneralFailure)
 			return
 		}
-		p.mu.Lock()
-		p.strays = append(p.strays, stray)
-		p.mu.Unlock()
-	}
-	// A one-use shim closes its listener once it has accepted; give it
-	// the moment it takes.
-	var remote net.Conn
-	var err error
-	for range 50 {
-		if remote, err = net.Dial("tcp", target); err != nil || !first {
-			break
+		if p.honest {
+			conn.RejectReason(pt.SocksRepGeneralFailure)
+			return
 		}
-		remote.Close()
-		time.Sleep(10 * time.Millisecond)
 	}
+	remote, err := net.Dial("tcp", target)
 	if err != nil {
-		conn.RejectReason(pt.SocksRepConnectionRefused)
+		conn.RejectReason(pt.SocksRepConnectionRefused) // the stray's shim: closed
 		return
 	}
 	defer remote.Close()
@@ -114,8 +133,9 @@ func (p *strayPT) serve(conn *pt.SocksConn) {
 }
 
 // A PT refused by its shim, because another local connection took the
-// shim's one accept, is asked again with a new shim, and the connection
-// that took the first is closed, never carried.
+// shim's one accept, is asked again with a new shim; the connection that
+// took the first is closed once the PT's refusal arrives, and only the
+// PT's own connection is carried on.
 func TestShimTakenIsRetried(t *testing.T) {
 	p := startStrayPT(t, false)
 	echo := plainEcho(t)
@@ -127,7 +147,7 @@ func TestShimTakenIsRetried(t *testing.T) {
 	var d net.Dialer
 	under := func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 
-	ctx, stop := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, stop := context.WithTimeout(context.Background(), eventCeiling)
 	defer stop()
 	conn, err := h.Dial(ctx, nil, echo, under)
 	if err != nil {
@@ -145,7 +165,7 @@ func TestShimTakenIsRetried(t *testing.T) {
 	if len(strays) != 1 {
 		t.Fatalf("%d connections took a shim; want 1", len(strays))
 	}
-	strays[0].SetReadDeadline(time.Now().Add(10 * time.Second))
+	strays[0].SetReadDeadline(time.Now().Add(eventCeiling))
 	if n, err := strays[0].Read(make([]byte, 1)); err != io.EOF {
 		t.Errorf("the connection that took the shim read %d bytes, %v; want it closed (EOF)", n, err)
 	}
@@ -156,26 +176,50 @@ func TestShimTakenIsRetried(t *testing.T) {
 }
 
 // A PT that reached its shim and failed on its own (its socket is in the
-// process the hop names) is not asked again.
+// process the hop names) is asked once. Named as another process's, the
+// same PT's connection is provably not the PT's, and the hop asks again
+// with a new shim as often as shimRetries allows: the check is what tells
+// the two apart.
 func TestShimNotTakenIsNotRetried(t *testing.T) {
-	p := startStrayPT(t, true)
-	echo := plainEcho(t)
-	life, cancel := context.WithCancel(context.Background())
-	var pipes sync.WaitGroup
-	t.Cleanup(func() { cancel(); pipes.Wait() })
-	h := ptHop{proxy: p.ln.Addr().String(), life: life, pipes: &pipes, linger: time.Second, pid: os.Getpid()}
-	var d net.Dialer
-	under := func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
-	ctx, stop := context.WithTimeout(context.Background(), 20*time.Second)
-	defer stop()
-	if conn, err := h.Dial(ctx, nil, echo, under); err == nil {
-		conn.Close()
-		t.Fatal("dial succeeded through a PT that fails")
+	other := exec.Command("sleep", "60")
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.asked) != 1 {
-		t.Errorf("the PT was asked %d times; want once", len(p.asked))
+	defer func() { other.Process.Kill(); other.Wait() }()
+	for _, tc := range []struct {
+		name  string
+		pid   int
+		asked int
+	}{
+		{"the PT's own connection", os.Getpid(), 1},
+		{"a connection the PT does not hold", other.Process.Pid, 1 + shimRetries},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startStrayPT(t, true)
+			echo := plainEcho(t)
+			life, cancel := context.WithCancel(context.Background())
+			var pipes sync.WaitGroup
+			t.Cleanup(func() { cancel(); pipes.Wait() })
+			h := ptHop{proxy: p.ln.Addr().String(), life: life, pipes: &pipes, linger: time.Second, pid: tc.pid}
+			var d net.Dialer
+			under := func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+			ctx, stop := context.WithTimeout(context.Background(), eventCeiling)
+			defer stop()
+			conn, err := h.Dial(ctx, nil, echo, under)
+			if err == nil {
+				conn.Close()
+				t.Fatal("dial succeeded through a PT that fails")
+			}
+			var reply *shim.ReplyError
+			if !errors.As(err, &reply) || reply.Code != shim.RepGeneralFailure {
+				t.Errorf("dial: %v; want the PT's own 0x01", err)
+			}
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if len(p.asked) != tc.asked {
+				t.Errorf("the PT was asked %d times; want %d", len(p.asked), tc.asked)
+			}
+		})
 	}
 }
 

@@ -1,6 +1,7 @@
 package procstat
 
 import (
+	"bufio"
 	"net"
 	"net/netip"
 	"os"
@@ -54,16 +55,47 @@ func TestEstablishedToListsASocketOnce(t *testing.T) {
 	}
 }
 
-// A socket is owned by the process that holds it, and by that process's
-// ancestors; not by another; and a socket that is gone is unknown.
+// A socket is owned by the process that holds it, and by an ancestor of
+// that process; not by another; and a socket that is gone is unknown.
 func TestSocketOwner(t *testing.T) {
 	c, _, ln := connected(t)
 	local, remote := c.LocalAddr().(*net.TCPAddr).AddrPort(), ln.Addr().(*net.TCPAddr).AddrPort()
 	if owned, known := SocketOwner(os.Getpid(), local, remote); !owned || !known {
 		t.Errorf("SocketOwner(self) = %v, %v; want owned, known", owned, known)
 	}
-	if owned, known := SocketOwner(os.Getppid(), local, remote); !owned || !known {
-		t.Errorf("SocketOwner(parent) = %v, %v; want owned (by a descendant), known", owned, known)
+	// A wrapper whose child holds the socket, and that has closed its own
+	// descriptor of it, as a PT started through a script does. Its stdin
+	// closing makes it end its child and wait for it.
+	f, err := c.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := exec.Command("sh", "-c", "sleep 60 & exec 3<&-; echo ready; read x; kill $!; wait")
+	wrapper.ExtraFiles = []*os.File{f}
+	in, err := wrapper.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := wrapper.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wrapper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
+		in.Close()
+		wrapper.Wait()
+		t.Fatalf("the wrapper said %q, %v", line, err)
+	}
+	owned, known := SocketOwner(wrapper.Process.Pid, local, remote)
+	in.Close()
+	if err := wrapper.Wait(); err != nil {
+		t.Errorf("the wrapper: %v", err)
+	}
+	if !owned || !known {
+		t.Errorf("SocketOwner(a wrapper whose child holds it) = %v, %v; want owned, known", owned, known)
 	}
 	other := exec.Command("sleep", "30")
 	if err := other.Start(); err != nil {
