@@ -87,6 +87,11 @@ func startTorIn(t testing.TB, name, dir string, lines ...string) *torInstance {
 		if t.Failed() {
 			b, _ := os.ReadFile(ti.logPath)
 			t.Logf("%s notice log:\n%s", name, tail(string(b), 40))
+			// What tor says before its log is open (a torrc it rejects, a
+			// port it cannot bind at start) goes to its stdout only.
+			if b, _ := os.ReadFile(filepath.Join(dir, "stdout.log")); len(b) > 0 {
+				t.Logf("%s stdout:\n%s", name, tail(string(b), 20))
+			}
 		}
 		os.RemoveAll(dir)
 	})
