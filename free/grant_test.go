@@ -19,7 +19,8 @@ import (
 )
 
 // fakeBridge is a bridge written by hand on the smux session: it answers
-// Advertise with advert (nil: 01 07, as an older bridge does), and hands
+// Advertise with advert (nil: 01 07, as an older bridge does), refuses
+// Window (01 07, as an older bridge does), and hands
 // every other stream, header read, to the test on streams, without a
 // reply: the test replies when it pleases.
 type fakeBridge struct {
@@ -60,6 +61,9 @@ func newFakeBridge(t *testing.T, advert *Policy, wait bool) *fakeBridge {
 			h, err := ReadHeader(st)
 			switch {
 			case err != nil:
+				st.Close()
+			case h.Command == Window: // as an older bridge
+				writeReply(st, shim.RepCommandNotSupported)
 				st.Close()
 			case h.Command == Advertise && advert == nil:
 				writeReply(st, shim.RepCommandNotSupported)

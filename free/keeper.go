@@ -2,6 +2,7 @@ package free
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -52,6 +53,11 @@ type Keeper struct {
 	// bridge may send ahead on one stream (0: DefaultStreamWindow;
 	// CheckStreamWindow gives the range).
 	StreamWindow int
+	// SessionWindow is what the bridge may keep in flight to this end
+	// over the whole session, in bytes (0: twice StreamWindow; negative:
+	// no session window either way, and no control stream;
+	// CheckSessionWindow gives the range).
+	SessionWindow int
 
 	once   sync.Once
 	ctx    context.Context // cancelled by Close
@@ -73,6 +79,8 @@ type Keeper struct {
 type clientSession struct {
 	mux      *smux.Session
 	conn     *watchedConn
+	window   *sendWindow   // what this end may send: no limit until the bridge announces one
+	control  atomic.Bool   // the control stream is open (one of mux's streams)
 	done     chan struct{} // closed when the session has broken or been closed
 	answered atomic.Bool   // the bridge has replied to a stream header
 
@@ -160,6 +168,42 @@ func (k *Keeper) fetchAdvert(s *clientSession) {
 	k.log.Debug("the bridge advertised its policy", "rules", len(p.Rules))
 }
 
+// control opens the session's control stream and runs the session window
+// over it (window.go) until the session ends. A bridge that refuses it (an
+// older one: REP 0x07) leaves the session without one, either way.
+func (k *Keeper) control(s *clientSession) {
+	defer s.window.end()
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		return
+	}
+	s.control.Store(true)
+	defer s.control.Store(false)
+	defer st.Close()
+	own := sessionWindowFor(k.SessionWindow, k.StreamWindow)
+	hdr, _ := AppendHeader(nil, Header{Command: Window, Window: own})
+	st.SetDeadline(time.Now().Add(k.ReplyTimeout))
+	if _, err := st.Write(hdr); err != nil {
+		return
+	}
+	rep, err := readReply(st)
+	if err != nil {
+		return
+	}
+	if rep != shim.RepSucceeded {
+		k.log.Info("the bridge does not take a session window: only each stream's window bounds what is in flight", "socks_reply", rep)
+		return
+	}
+	var b [4]byte
+	if _, err := io.ReadFull(st, b[:]); err != nil {
+		return
+	}
+	st.SetDeadline(time.Time{})
+	peer := binary.BigEndian.Uint32(b[:])
+	k.log.Debug("session window", "client_window", own, "bridge_window", peer)
+	runWindow(st, s.conn, s.window, own, peer, k.log)
+}
+
 func (k *Keeper) init() {
 	k.once.Do(func() {
 		k.ctx, k.cancel = context.WithCancel(context.Background())
@@ -194,6 +238,9 @@ type Stream struct {
 	// or WriteTo, which fail with a *RefusedError when it refuses.
 	granted bool
 }
+
+// Write writes b to the stream within the session window.
+func (s *Stream) Write(b []byte) (int, error) { return s.sess.window.write(s.Stream, b) }
 
 // Read reads the stream's bytes, after the bridge's reply to an
 // optimistic grant.
@@ -483,10 +530,27 @@ func (k *Keeper) newSession(conn net.Conn) (*clientSession, error) {
 		conn.Close()
 		return nil, err
 	}
-	s := &clientSession{mux: mux, conn: wc, done: make(chan struct{}), advertised: make(chan struct{})}
+	s := &clientSession{mux: mux, conn: wc, window: newSendWindow(wc), done: make(chan struct{}), advertised: make(chan struct{})}
 	k.wg.Go(func() { k.watch(s) })
 	k.wg.Go(func() { k.fetchAdvert(s) })
+	if k.SessionWindow >= 0 {
+		// Until the bridge answers, its window is taken to be this end's:
+		// the streams that open with the session do not fill the path
+		// in the round trip before it does (an older bridge's refusal
+		// lifts the limit).
+		s.window.start(sessionWindowFor(k.SessionWindow, k.StreamWindow))
+		k.wg.Go(func() { k.control(s) })
+	}
 	return s, nil
+}
+
+// streams is how many streams are open, the control stream aside.
+func (s *clientSession) streams() int {
+	n := s.mux.NumStreams()
+	if s.control.Load() {
+		n--
+	}
+	return n
 }
 
 // live reports whether s can take new streams.
@@ -512,7 +576,7 @@ func (k *Keeper) watch(s *clientSession) {
 		why = "keepalive timeout or a protocol error"
 	case <-k.ctx.Done():
 	}
-	streams := s.mux.NumStreams()
+	streams := s.streams()
 	s.mux.Close()
 	close(s.done)
 	k.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ptcombiner/ptcombiner/shim"
@@ -134,34 +135,57 @@ func copyAdaptive(dst io.Writer, src io.Reader) (written int64, err error) {
 // smux's WriteTo one way, copyAdaptive the other, whose bytes wait for
 // the reply (replied closed) to be written first.
 type serverStream struct {
-	*smux.Stream
+	gatedStream
 	replied <-chan struct{}
 }
 
 func (s serverStream) ReadFrom(r io.Reader) (int64, error) {
 	<-s.replied
-	return copyAdaptive(s.Stream, r)
+	return copyAdaptive(s.gatedStream, r)
 }
 
 func (s serverStream) Write(b []byte) (int, error) {
 	<-s.replied
-	return s.Stream.Write(b)
+	return s.gatedStream.Write(b)
 }
 
 // watchedConn is a session's connection; broken is closed at its first
 // read or write error. smux does not close a session whose connection
 // failed (its streams fail, and its Accept), so both ends watch for it.
+//
+// It also counts the bytes each way, for the session window (window.go):
+// read, and creditDue, signalled each time read has grown by creditEvery
+// (0: never), are this end's credits; wrote is what this end has in
+// flight, less the peer's credits.
 type watchedConn struct {
 	net.Conn
 	once   sync.Once
 	broken chan struct{}
 	err    error // set before broken is closed
+
+	read, wrote atomic.Int64
+	creditEvery atomic.Int64
+	credited    int64         // read when creditDue was last signalled; smux's one reader's
+	creditDue   chan struct{} // capacity 1
 }
 
-func watch(c net.Conn) *watchedConn { return &watchedConn{Conn: c, broken: make(chan struct{})} }
+func watch(c net.Conn) *watchedConn {
+	return &watchedConn{Conn: c, broken: make(chan struct{}), creditDue: make(chan struct{}, 1)}
+}
 
+// Read is smux's receive loop's, its one reader.
 func (c *watchedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
+	if n > 0 {
+		t := c.read.Add(int64(n))
+		if every := c.creditEvery.Load(); every > 0 && t-c.credited >= every {
+			c.credited = t
+			select {
+			case c.creditDue <- struct{}{}:
+			default:
+			}
+		}
+	}
 	if err != nil {
 		c.fail(err)
 	}
@@ -170,6 +194,7 @@ func (c *watchedConn) Read(b []byte) (int, error) {
 
 func (c *watchedConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
+	c.wrote.Add(int64(n))
 	if err != nil {
 		c.fail(err)
 	}
@@ -182,6 +207,7 @@ func (c *watchedConn) Write(b []byte) (int, error) {
 // header and then the write.
 func (c *watchedConn) WriteBuffers(v [][]byte) (int, error) {
 	n, err := shim.WriteBuffers(c.Conn, v)
+	c.wrote.Add(int64(n))
 	if err != nil {
 		c.fail(err)
 	}

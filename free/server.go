@@ -2,6 +2,7 @@ package free
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,6 +53,11 @@ type Server struct {
 	// client may send ahead on one stream (0: DefaultStreamWindow;
 	// CheckStreamWindow gives the range).
 	StreamWindow int
+	// SessionWindow is what a client may keep in flight over a whole
+	// session, in bytes, announced to clients that ask for a session
+	// window (0: twice StreamWindow; negative: no limit;
+	// CheckSessionWindow gives the range).
+	SessionWindow int
 
 	once     sync.Once
 	sessions atomic.Int64 // open now
@@ -123,6 +129,8 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, label string) {
 		}
 	}()
 	log.Info("free session opened")
+	sess := &serverSession{conn: wc, window: newSendWindow(wc)}
+	defer sess.window.end()
 	var open atomic.Int64
 	total := 0
 	for {
@@ -141,15 +149,25 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, label string) {
 		}
 		s.streams.Add(1)
 		wg.Go(func() {
-			defer s.streams.Add(-1)
-			defer open.Add(-1)
-			s.stream(ctx, st, log)
+			var once sync.Once
+			uncount := func() { once.Do(func() { s.streams.Add(-1); open.Add(-1) }) }
+			defer uncount()
+			s.stream(ctx, st, sess, uncount, log)
 		})
 	}
 }
 
+// serverSession is what a session's streams share.
+type serverSession struct {
+	conn       *watchedConn
+	window     *sendWindow // what this end may send; no limit until a client asks
+	controlled atomic.Bool // a control stream (Window) has been opened
+}
+
 // stream serves one stream: its header, then its destination.
-func (s *Server) stream(ctx context.Context, st *smux.Stream, log *slog.Logger) {
+// uncount takes the stream out of the counts of streams open (Open,
+// MaxStreams), as a control stream is no destination's.
+func (s *Server) stream(ctx context.Context, st *smux.Stream, sess *serverSession, uncount func(), log *slog.Logger) {
 	defer st.Close()
 	st.SetReadDeadline(time.Now().Add(s.HeaderTimeout))
 	h, err := ReadHeader(st)
@@ -165,14 +183,39 @@ func (s *Server) stream(ctx context.Context, st *smux.Stream, log *slog.Logger) 
 		return
 	}
 	st.SetReadDeadline(time.Time{})
+	gated := gatedStream{st, sess.window}
 	switch h.Command {
 	case Connect:
-		s.connect(ctx, st, h.Dest, log)
+		s.connect(ctx, gated, h.Dest, log)
 	case UDP:
-		s.udp(ctx, st, log)
+		s.udp(ctx, gated, log)
 	case Advertise:
 		s.advertise(st, log)
+	case Window:
+		uncount()
+		s.control(st, sess, h.Window, log)
 	}
+}
+
+// control serves a session's control stream: it answers with this end's
+// window, 01 00 WINDOW, then runs the session window both ways until the
+// stream or the session ends. A second control stream is refused (REP
+// 0x01) and changes nothing.
+func (s *Server) control(st *smux.Stream, sess *serverSession, peer uint32, log *slog.Logger) {
+	if sess.controlled.Swap(true) {
+		log.Warn("a second session window control stream: refusing it")
+		writeReply(st, shim.RepGeneralFailure)
+		return
+	}
+	own := sessionWindowFor(s.SessionWindow, s.StreamWindow)
+	reply := binary.BigEndian.AppendUint32([]byte{version, shim.RepSucceeded}, own)
+	st.SetWriteDeadline(time.Now().Add(s.HeaderTimeout))
+	if _, err := st.Write(reply); err != nil {
+		return
+	}
+	st.SetWriteDeadline(time.Time{})
+	log.Debug("session window", "client_window", peer, "bridge_window", own)
+	runWindow(st, sess.conn, sess.window, own, peer, log)
 }
 
 // advertise answers a client's Advertise: 01 00 and the policy, so that
@@ -239,7 +282,7 @@ func (s *Server) allowed(ctx context.Context, dest shim.Addr) ([]netip.Addr, *re
 }
 
 // connect dials dest and joins the stream to it.
-func (s *Server) connect(ctx context.Context, st *smux.Stream, dest shim.Addr, log *slog.Logger) {
+func (s *Server) connect(ctx context.Context, st gatedStream, dest shim.Addr, log *slog.Logger) {
 	dctx, cancel := context.WithTimeout(ctx, s.DialTimeout)
 	out, ref := s.dial(dctx, dest)
 	cancel()
@@ -249,7 +292,7 @@ func (s *Server) connect(ctx context.Context, st *smux.Stream, dest shim.Addr, l
 		} else {
 			log.Info("cannot reach destination", "dest", s.show(dest), "socks_reply", ref.rep, "err", ref.err)
 		}
-		writeReply(st, ref.rep)
+		writeReply(st.Stream, ref.rep)
 		return
 	}
 	// The reply goes out while the client's first bytes (sent with the
@@ -258,7 +301,7 @@ func (s *Server) connect(ctx context.Context, st *smux.Stream, dest shim.Addr, l
 	replied := make(chan struct{})
 	go func() {
 		defer close(replied)
-		if err := writeReply(st, shim.RepSucceeded); err != nil {
+		if err := writeReply(st.Stream, shim.RepSucceeded); err != nil {
 			st.Close()
 		}
 	}()

@@ -126,6 +126,20 @@ func newRig(t *testing.T, srv *Server, tune func(*Keeper, *Proxy)) *rig {
 	return r
 }
 
+// echoAgain opens a new stream to echo, after a break, and echoes a line
+// through it.
+func (r *rig) echoAgain(echo string) {
+	r.t.Helper()
+	again, err := shim.DialSOCKS5(context.Background(), r.proxy, echo, nil, nil)
+	if err != nil {
+		r.t.Fatalf("a new stream after the break: %v", err)
+	}
+	defer again.Close()
+	if err := freetest.Echo(again, ceiling, "again"); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
 func listen(t *testing.T) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -400,14 +414,7 @@ func TestSessionBreak(t *testing.T) {
 	if _, err := conn.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("the stream in flight: %v, want a reset", err)
 	}
-	again, err := shim.DialSOCKS5(context.Background(), r.proxy, echo, nil, nil)
-	if err != nil {
-		t.Fatalf("a new stream after the break: %v", err)
-	}
-	defer again.Close()
-	if err := freetest.Echo(again, ceiling, "again"); err != nil {
-		t.Fatal(err)
-	}
+	r.echoAgain(echo)
 	if n := r.dials.Load(); n != 2 {
 		t.Errorf("%d sessions dialled, want 2", n)
 	}
@@ -516,9 +523,9 @@ func TestSessionManyStreams(t *testing.T) {
 	}
 	waitFor(t, "every stream to end on the server", func() bool { _, streams := r.server.Open(); return streams == 0 })
 	r.keeper.mu.Lock()
-	mux := r.keeper.sess.mux
+	sess := r.keeper.sess
 	r.keeper.mu.Unlock()
-	waitFor(t, "every stream to end on the client", func() bool { return mux.NumStreams() == 0 })
+	waitFor(t, "every stream to end on the client", func() bool { return sess.streams() == 0 })
 	if n := r.dials.Load(); n != 1 {
 		t.Errorf("%d sessions dialled, want 1", n)
 	}

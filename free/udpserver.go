@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/xtaci/smux"
-
 	"github.com/ptcombiner/ptcombiner/shim"
 )
 
@@ -27,7 +25,7 @@ const (
 // 5) go back as frames with their source.
 type udpRelay struct {
 	s   *Server
-	st  *smux.Stream
+	st  gatedStream
 	pc  *net.UDPConn
 	log *slog.Logger
 
@@ -40,16 +38,16 @@ type udpRelay struct {
 }
 
 // udp serves a UDP association on st.
-func (s *Server) udp(ctx context.Context, st *smux.Stream, log *slog.Logger) {
+func (s *Server) udp(ctx context.Context, st gatedStream, log *slog.Logger) {
 	// One socket for both families: IPv4 destinations go out as
 	// IPv4-mapped addresses.
 	pc, err := net.ListenUDP("udp", &net.UDPAddr{})
 	if err != nil {
 		log.Warn("cannot open a UDP socket", "err", err)
-		writeReply(st, shim.RepGeneralFailure)
+		writeReply(st.Stream, shim.RepGeneralFailure)
 		return
 	}
-	if err := writeReply(st, shim.RepSucceeded); err != nil {
+	if err := writeReply(st.Stream, shim.RepSucceeded); err != nil {
 		pc.Close()
 		return
 	}

@@ -23,6 +23,9 @@ var (
 	// the code is outside RFC 1928's, which an older bridge refuses with
 	// REP 0x07.
 	Advertise = Command{0x80}
+	// Window opens the session's control stream (window.go), which an
+	// older bridge refuses with REP 0x07.
+	Window = Command{0x81}
 )
 
 func (c Command) String() string {
@@ -33,6 +36,8 @@ func (c Command) String() string {
 		return "udp"
 	case Advertise:
 		return "advertise"
+	case Window:
+		return "window"
 	}
 	return fmt.Sprintf("command 0x%02x", c.code)
 }
@@ -51,18 +56,24 @@ var (
 type Header struct {
 	Command Command
 	Dest    shim.Addr // Connect only
+	// Window, Window only: the bytes the client lets the server keep in
+	// flight to it over the session (0: no limit).
+	Window uint32
 }
 
 // AppendHeader appends h's encoding to b:
 //
-//	VER (0x01) | CMD (0x01 connect, 0x03 udp, 0x80 advertise) [| ATYP | DST.ADDR | DST.PORT]
+//	VER (0x01) | CMD (0x01 connect, 0x03 udp, 0x80 advertise, 0x81 window) [| ATYP | DST.ADDR | DST.PORT] [| WINDOW]
 //
 // with the destination, for Connect only, encoded as RFC 1928 section 5
-// addresses are (shim.AppendAddr).
+// addresses are (shim.AppendAddr), and for Window only WINDOW, 4 bytes,
+// big endian.
 func AppendHeader(b []byte, h Header) ([]byte, error) {
 	switch h.Command {
 	case Connect:
 		return shim.AppendAddr(append(b, version, h.Command.code), h.Dest)
+	case Window:
+		return binary.BigEndian.AppendUint32(append(b, version, h.Command.code), h.Window), nil
 	case UDP, Advertise:
 		return append(b, version, h.Command.code), nil
 	}
@@ -88,6 +99,12 @@ func ReadHeader(r io.Reader) (Header, error) {
 			return Header{}, fmt.Errorf("free: stream header's destination: %w", err)
 		}
 		h.Dest = dest
+	case Window:
+		var w [4]byte
+		if _, err := io.ReadFull(r, w[:]); err != nil {
+			return Header{}, fmt.Errorf("free: stream header's window: %w", noEOF(err))
+		}
+		h.Window = binary.BigEndian.Uint32(w[:])
 	case UDP, Advertise:
 	default:
 		return Header{}, fmt.Errorf("%w 0x%02x", ErrCommand, b[1])

@@ -26,12 +26,13 @@ func TestHeaderWire(t *testing.T) {
 		h    Header
 		wire []byte
 	}{
-		{Header{Connect, mustAddr(t, "192.0.2.1:80")}, []byte{1, 1, 1, 192, 0, 2, 1, 0, 80}},
-		{Header{Connect, mustAddr(t, "[2001:db8::1]:443")},
+		{Header{Command: Connect, Dest: mustAddr(t, "192.0.2.1:80")}, []byte{1, 1, 1, 192, 0, 2, 1, 0, 80}},
+		{Header{Command: Connect, Dest: mustAddr(t, "[2001:db8::1]:443")},
 			[]byte{1, 1, 4, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 187}},
-		{Header{Connect, mustAddr(t, "example.com:8080")},
+		{Header{Command: Connect, Dest: mustAddr(t, "example.com:8080")},
 			append(append([]byte{1, 1, 3, 11}, "example.com"...), 0x1f, 0x90)},
 		{Header{Command: UDP}, []byte{1, 3}},
+		{Header{Command: Window, Window: 4 << 20}, []byte{1, 0x81, 0, 0x40, 0, 0}},
 	} {
 		got, err := AppendHeader(nil, tc.h)
 		if err != nil || !bytes.Equal(got, tc.wire) {
@@ -66,13 +67,14 @@ func TestHeaderBad(t *testing.T) {
 		{"name with a NUL", append([]byte{1, 1, 3, 3}, "a\x00b\x00\x50"...), shim.ErrMalformed},
 		{"truncated IPv6", []byte{1, 1, 4, 0, 0, 0}, io.ErrUnexpectedEOF},
 		{"truncated port", []byte{1, 1, 1, 1, 2, 3, 4, 0}, io.ErrUnexpectedEOF},
+		{"truncated window", []byte{1, 0x81, 0, 0x40}, io.ErrUnexpectedEOF},
 	} {
 		_, err := ReadHeader(bytes.NewReader(tc.wire))
 		if !errors.Is(err, tc.want) {
 			t.Errorf("%s: ReadHeader(% x): %v, want %v", tc.name, tc.wire, err, tc.want)
 		}
 	}
-	if _, err := AppendHeader(nil, Header{Connect, shim.Addr{Name: "a b", Port: 1}}); err == nil {
+	if _, err := AppendHeader(nil, Header{Command: Connect, Dest: shim.Addr{Name: "a b", Port: 1}}); err == nil {
 		t.Error("AppendHeader took a name with a space")
 	}
 	if _, err := AppendHeader(nil, Header{Command: Command{9}}); !errors.Is(err, ErrCommand) {
@@ -151,6 +153,8 @@ func FuzzReadHeader(f *testing.F) {
 		append([]byte{1, 1, 3, 11}, "example.com\x1f\x90"...),
 		{1, 3},
 		{1, 3, 'x'},
+		{1, 0x81, 0, 0x40, 0, 0},
+		{1, 0x81, 0},
 		{1, 2},
 		{2, 1},
 		{1, 1, 3, 0},

@@ -183,6 +183,9 @@ func TestStandaloneUsage(t *testing.T) {
 		{bin("ptcombiner-client"), []string{"--proxy", "127.0.0.1:0=t@127.0.0.1:1", "--stream-window", "16"}, "--stream-window: free: a stream window of 16 KiB: want 64 to 65536 KiB"},
 		{bin("ptcombiner-server"), []string{"--listen", "x=127.0.0.1:0", "--forward", "127.0.0.1:1", "--stream-window", "4096"}, "--stream-window needs --free"},
 		{bin("ptcombiner-server"), []string{"--listen", "x=127.0.0.1:0", "--free", "--stream-window", "100000"}, "want 64 to 65536 KiB"},
+		{bin("ptcombiner-client"), []string{"--tunnel", "127.0.0.1:0=t@127.0.0.1:1", "--session-window", "1024"}, "--session-window without --proxy"},
+		{bin("ptcombiner-client"), []string{"--proxy", "127.0.0.1:0=t@127.0.0.1:1", "--session-window", "16"}, "--session-window: free: a session window of 16 KiB: want 64 to 1048576 KiB"},
+		{bin("ptcombiner-server"), []string{"--listen", "x=127.0.0.1:0", "--forward", "127.0.0.1:1", "--session-window", "1024"}, "--session-window needs --free"},
 	} {
 		out, err := exec.Command(tc.path, tc.args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), tc.want) {

@@ -78,6 +78,12 @@ func runStandalone(c *cli.Context) error {
 	if err := free.CheckStreamWindow(c.Int("stream-window") << 10); err != nil {
 		return fmt.Errorf("--stream-window: %w", err)
 	}
+	if c.IsSet("session-window") && len(proxies) == 0 {
+		return errors.New("--session-window without --proxy")
+	}
+	if err := free.CheckSessionWindow(c.Int("session-window") << 10); err != nil {
+		return fmt.Errorf("--session-window: %w", err)
+	}
 	log, closer, err := runner.Logger(c, false)
 	if err != nil {
 		return err
@@ -173,10 +179,11 @@ func runStandalone(c *cli.Context) error {
 			Dial: func(ctx context.Context) (net.Conn, error) {
 				return client.Dial(ctx, t.alias, t.bridge, t.args)
 			},
-			Label:        t.alias,
-			Logger:       log,
-			SessionWait:  c.Duration("session-wait"),
-			StreamWindow: c.Int("stream-window") << 10,
+			Label:         t.alias,
+			Logger:        log,
+			SessionWait:   c.Duration("session-wait"),
+			StreamWindow:  c.Int("stream-window") << 10,
+			SessionWindow: c.Int("session-window") << 10,
 		}
 		keepers = append(keepers, k)
 		p := &free.Proxy{Keeper: k, Check: check, RequestTimeout: c.Duration("socks-timeout"), Logger: log, Wait: c.Bool("proxy-wait")}

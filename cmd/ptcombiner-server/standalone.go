@@ -57,9 +57,14 @@ func runStandalone(c *cli.Context) error {
 		return errors.New("--allow and --deny need --free")
 	case !c.Bool("free") && c.IsSet("stream-window"):
 		return errors.New("--stream-window needs --free")
+	case !c.Bool("free") && c.IsSet("session-window"):
+		return errors.New("--session-window needs --free")
 	}
 	if err := free.CheckStreamWindow(c.Int("stream-window") << 10); err != nil {
 		return fmt.Errorf("--stream-window: %w", err)
+	}
+	if err := free.CheckSessionWindow(c.Int("session-window") << 10); err != nil {
+		return fmt.Errorf("--session-window: %w", err)
 	}
 	policy, err := free.ParseRules(c.StringSlice("allow"), c.StringSlice("deny"))
 	if err != nil {
@@ -96,7 +101,8 @@ func runStandalone(c *cli.Context) error {
 	var streams func(ctx context.Context, conn net.Conn, alias, client string)
 	if c.Bool("free") {
 		fs := &free.Server{Policy: policy, Logger: log, DialTimeout: c.Duration("dial-timeout"),
-			UDPIdle: c.Duration("udp-idle"), ShowNames: c.Bool("unsafe-logging"), StreamWindow: c.Int("stream-window") << 10}
+			UDPIdle: c.Duration("udp-idle"), ShowNames: c.Bool("unsafe-logging"), StreamWindow: c.Int("stream-window") << 10,
+			SessionWindow: c.Int("session-window") << 10}
 		streams = func(ctx context.Context, conn net.Conn, alias, _ string) { fs.ServeConn(ctx, conn, alias) }
 	}
 	server := chain.NewServer(chain.ServerOptions{

@@ -28,6 +28,9 @@ func (e *env) startFreeFrom(binDir, build, pt string, hops int, link linkShape) 
 	if e.streamWindow > 0 {
 		flags = append(flags, "--stream-window", fmt.Sprint(e.streamWindow))
 	}
+	if e.sessionWindow != 0 {
+		flags = append(flags, "--session-window", fmt.Sprint(e.sessionWindow))
+	}
 	config := e.dir("free-config")
 	var line string
 	for k, vs := range opts { // unprefixed: every hop

@@ -72,6 +72,7 @@ func main() {
 	linkList := flag.String("links", "20ms,100ms@50", "emulated links between the user's side and the bridge, over which each chain is measured again, bound (a, b) and free (f): RTT[@MBIT/S], comma separated; \"\" for none")
 	linkSetups := flag.Int("link-setups", 100, "setups over each emulated link (-links), per topology")
 	streamWindow := flag.Int("stream-window", 0, "the free topologies' --stream-window in KiB, both ends; 0: the programs' default")
+	sessionWindow := flag.Int("session-window", 0, "the free topologies' --session-window in KiB, both ends; 0: the programs' default; -1: none")
 	linkSize := flag.Int("link-size", 32, "MiB each way for the single stream over each emulated link (-links), over 4 rounds; 0 skips the streams there")
 	linkStreamSize := flag.Int("link-stream-size", 0, "MiB each way each of the -streams concurrent streams carries per round over each emulated link; 0: they share the single stream's round (-link-size/4), which makes them short against a stream window")
 	flag.DurationVar(&slowSetup, "slow", 0, "report every setup slower than this (to chase stalls)")
@@ -112,6 +113,7 @@ func main() {
 		pts = append(pts, pt)
 	}
 	p.streamWindow = *streamWindow
+	p.sessionWindow = *sessionWindow
 	if err := run(*binDir, *otherDir, hops, pts, refs, *refPublic, p, *hold); err != nil {
 		fail(err)
 	}
@@ -165,7 +167,7 @@ func run(binDir, otherDir string, hops []int, pts, refs []string, refPublic bool
 		signal.Stop(interrupted) // no more sends, then the goroutine may go
 		close(interrupted)
 	}()
-	e := &env{binDir: binDir, otherDir: otherDir, work: work, cookie: filepath.Join(work, "cookie"), refPublic: refPublic, streamWindow: p.streamWindow}
+	e := &env{binDir: binDir, otherDir: otherDir, work: work, cookie: filepath.Join(work, "cookie"), refPublic: refPublic, streamWindow: p.streamWindow, sessionWindow: p.sessionWindow}
 	if path, err := exec.LookPath("obfs4proxy"); err == nil {
 		e.obfs4proxy = path
 	}

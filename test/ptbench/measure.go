@@ -50,6 +50,9 @@ type params struct {
 	// streamWindow is the free topologies' --stream-window (KiB; 0:
 	// the default).
 	streamWindow int
+	// sessionWindow, when set, is the free topologies' --session-window
+	// (KiB; -1: none), both ends (-session-window).
+	sessionWindow int
 	// down adds a one-way stream to each round: the sink sends and the
 	// user's side only reads (the links' measurement).
 	down bool

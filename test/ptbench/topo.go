@@ -126,6 +126,9 @@ type env struct {
 	// streamWindow, when set, is the free topologies' --stream-window
 	// (KiB), both ends (-stream-window).
 	streamWindow int
+	// sessionWindow, when set, is the free topologies' --session-window
+	// (KiB; -1: none), both ends (-session-window).
+	sessionWindow int
 	// diag, when set, hears what the combiners say (childLogs); they then
 	// run at --log-level debug.
 	diag *childLogs

@@ -1,0 +1,275 @@
+package free
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/xtaci/smux"
+)
+
+// The session window (docs/free.md, "Session window") bounds what one end
+// keeps in flight over the whole session: bytes it has written to the
+// session's connection that the other end has not yet read from its own.
+// smux's per-stream windows bound each stream alone, and eight bulk
+// streams with 2 MiB each put 16 MiB between the two ends, most of it in
+// the PTs' socket buffers, where smux's shaper cannot put a new stream's
+// frames first. It is HTTP/2's connection window (RFC 9113, section 5.2:
+// "Flow control is used for both individual streams and the connection as
+// a whole"), counted in bytes on the wire rather than in DATA payload, so
+// that a byte is credited once it has left the path, whatever becomes of
+// its stream.
+//
+// The client opens a control stream (Command Window) that announces its
+// window; the server answers with its own; from then each end writes, on
+// that stream, how many bytes it has read from the connection since the
+// session opened, whenever that has grown by an eighth of its window.
+// An end whose peer announced no window (an older one refuses the
+// command) writes without a limit, as before.
+
+// Session windows. The default is twice the stream window: one stream
+// alone never meets it, and eight share what two would keep in flight.
+const (
+	MinSessionWindow = MinStreamWindow
+	MaxSessionWindow = streamsBuffered * MaxStreamWindow
+)
+
+// sessionWindowFor is the window an end announces: n bytes (0: twice
+// the stream window; negative: none, which the peer takes as no limit).
+func sessionWindowFor(n, streamWindow int) uint32 {
+	switch {
+	case n < 0:
+		return 0
+	case n == 0:
+		if streamWindow <= 0 {
+			streamWindow = DefaultStreamWindow
+		}
+		return uint32(2 * streamWindow)
+	}
+	return uint32(n)
+}
+
+// CheckSessionWindow says what is wrong with a session window of n bytes
+// (0 and negative are the default and none).
+func CheckSessionWindow(n int) error {
+	if n > 0 && (n < MinSessionWindow || n > MaxSessionWindow) {
+		return fmt.Errorf("free: a session window of %d KiB: want %d to %d KiB", n>>10, MinSessionWindow>>10, MaxSessionWindow>>10)
+	}
+	return nil
+}
+
+// grantMax is the most one writer is let write at a time, a frame: the
+// writers waiting take turns, in the order they came, a frame each.
+const grantMax = maxFrameSize
+
+// sendWindow is what this end may keep in flight on one session. Writers
+// of stream data take grants from it (write) before handing bytes to
+// smux; smux's own frames (window updates, keepalives, stream opens and
+// ends) and the control stream's credits are never held, so that a full
+// window in both directions cannot stop the credits that open it.
+type sendWindow struct {
+	conn *watchedConn // counts the bytes written (wrote)
+
+	mu      sync.Mutex
+	limit   int64 // 0: none
+	read    int64 // the peer's last credit: the bytes it has read
+	pending int64 // granted to writers and not yet written
+	queue   []*windowWait
+	ended   bool // no limit from now on: the control stream ended
+}
+
+type windowWait struct {
+	want, got int
+	ready     chan struct{} // closed when got is set
+}
+
+func newSendWindow(c *watchedConn) *sendWindow { return &sendWindow{conn: c} }
+
+// room is how many more bytes may go in flight now; w.mu is held.
+func (w *sendWindow) room() int64 {
+	if w.limit == 0 || w.ended {
+		return 1 << 62
+	}
+	inflight := max(w.conn.wrote.Load()+w.pending-w.read, 0)
+	return w.limit - inflight
+}
+
+// grant is what a writer wanting n bytes gets now (0: it waits); w.mu is
+// held.
+func (w *sendWindow) grant(n int) int {
+	g := min(n, grantMax)
+	if int64(g) > w.room() {
+		return 0
+	}
+	w.pending += int64(g)
+	return g
+}
+
+// serve grants the waiting writers what fits, first come first; w.mu is
+// held.
+func (w *sendWindow) serve() {
+	for len(w.queue) > 0 {
+		head := w.queue[0]
+		g := w.grant(head.want)
+		if g == 0 {
+			return
+		}
+		head.got = g
+		close(head.ready)
+		w.queue[0] = nil
+		w.queue = w.queue[1:]
+	}
+}
+
+// acquire waits for a grant of up to n bytes, or for stop.
+func (w *sendWindow) acquire(n int, stop <-chan struct{}) (int, error) {
+	w.mu.Lock()
+	if len(w.queue) == 0 {
+		if g := w.grant(n); g > 0 {
+			w.mu.Unlock()
+			return g, nil
+		}
+	}
+	wt := &windowWait{want: n, ready: make(chan struct{})}
+	w.queue = append(w.queue, wt)
+	w.mu.Unlock()
+	select {
+	case <-wt.ready:
+		return wt.got, nil
+	case <-stop:
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	select {
+	case <-wt.ready: // granted meanwhile: give it back
+		w.pending -= int64(wt.got)
+		w.serve()
+	default:
+		for i, q := range w.queue {
+			if q == wt {
+				w.queue = append(w.queue[:i], w.queue[i+1:]...)
+				break
+			}
+		}
+	}
+	return 0, io.ErrClosedPipe
+}
+
+// release ends a grant of g bytes, once they are written (or failed).
+func (w *sendWindow) release(g int) {
+	w.mu.Lock()
+	w.pending -= int64(g)
+	w.mu.Unlock()
+}
+
+// write writes b to st in grants, each a frame at most.
+func (w *sendWindow) write(st *smux.Stream, b []byte) (int, error) {
+	sent := 0
+	for len(b) > 0 {
+		g, err := w.acquire(len(b), st.GetDieCh())
+		if err != nil {
+			return sent, err
+		}
+		n, err := st.Write(b[:g])
+		w.release(g)
+		sent += n
+		if err != nil {
+			return sent, err
+		}
+		b = b[g:]
+	}
+	return sent, nil
+}
+
+// start sets the window the peer announced (0: none).
+func (w *sendWindow) start(limit uint32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.limit = 0
+	if limit > 0 {
+		w.limit = max(int64(limit), MinSessionWindow)
+	}
+	w.serve()
+}
+
+// credit takes the peer's count of the bytes it has read.
+func (w *sendWindow) credit(read int64) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if read < w.read {
+		return fmt.Errorf("%w: the peer's count of bytes read went back from %d to %d", ErrCredit, w.read, read)
+	}
+	w.read = read
+	w.serve()
+	return nil
+}
+
+// end lifts the limit for good and lets every waiting writer go.
+func (w *sendWindow) end() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.ended = true
+	w.serve()
+}
+
+// ErrCredit: a credit on the control stream that cannot be right.
+var ErrCredit = errors.New("free: malformed session window credit")
+
+// creditLen is a credit's length: READ, 8 bytes, big endian.
+const creditLen = 8
+
+// runWindow runs one end's side of an established control stream: it
+// applies the peer's window and credits to w, and credits what this end
+// reads (own is the window it announced) until the stream or session ends;
+// then w has no limit.
+func runWindow(st *smux.Stream, c *watchedConn, w *sendWindow, own, peer uint32, log *slog.Logger) {
+	defer w.end()
+	if own > 0 {
+		c.creditEvery.Store(int64(own / 8))
+	}
+	w.start(peer)
+	done := make(chan struct{})
+	defer close(done)
+	go sendCredits(st, c, done)
+	var b [creditLen]byte
+	for {
+		if _, err := io.ReadFull(st, b[:]); err != nil {
+			return // the session's end, or a peer that ended the control
+		}
+		if err := w.credit(int64(binary.BigEndian.Uint64(b[:]))); err != nil {
+			log.Warn("session window: a credit that cannot be right; writing without a session window from now on", "err", err)
+			st.Close()
+			return
+		}
+	}
+}
+
+// sendCredits writes this end's count of bytes read now, and again each
+// time it has grown by creditEvery, until done or the stream ends.
+func sendCredits(st *smux.Stream, c *watchedConn, done <-chan struct{}) {
+	var b [creditLen]byte
+	for {
+		binary.BigEndian.PutUint64(b[:], uint64(c.read.Load()))
+		if _, err := st.Write(b[:]); err != nil {
+			return
+		}
+		select {
+		case <-c.creditDue:
+		case <-done:
+			return
+		case <-st.GetDieCh():
+			return
+		}
+	}
+}
+
+// gatedStream is a stream whose writes wait for the session window.
+type gatedStream struct {
+	*smux.Stream
+	w *sendWindow
+}
+
+func (g gatedStream) Write(b []byte) (int, error) { return g.w.write(g.Stream, b) }
