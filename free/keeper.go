@@ -54,7 +54,7 @@ type Keeper struct {
 	// CheckStreamWindow gives the range).
 	StreamWindow int
 	// SessionWindow is what the bridge may keep in flight to this end
-	// over the whole session, in bytes (0: twice StreamWindow; negative:
+	// over the whole session, in bytes (0: half StreamWindow; negative:
 	// no session window either way, and no control stream;
 	// CheckSessionWindow gives the range).
 	SessionWindow int

@@ -55,7 +55,7 @@ type Server struct {
 	StreamWindow int
 	// SessionWindow is what a client may keep in flight over a whole
 	// session, in bytes, announced to clients that ask for a session
-	// window (0: twice StreamWindow; negative: no limit;
+	// window (0: half StreamWindow; negative: no limit;
 	// CheckSessionWindow gives the range).
 	SessionWindow int
 

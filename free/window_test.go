@@ -71,6 +71,40 @@ func TestSendWindowLimit(t *testing.T) {
 	}
 }
 
+// A grant's bytes count twice while its writer writes them (written, and
+// still granted); a credit that comes then finds too little room, and the
+// writer's release serves the writers waiting.
+func TestSendWindowRelease(t *testing.T) {
+	c := countingConn(t)
+	w := newSendWindow(c)
+	never := make(chan struct{})
+	const g = grantMax
+	w.start(4 * g)
+	c.wrote.Store(3 * g)
+	if got, _ := w.acquire(g, never); got != g {
+		t.Fatalf("granted %d", got)
+	}
+	c.wrote.Add(g) // the writer's frame is written; it has not released yet
+	got := make(chan int, 1)
+	go func() {
+		n, _ := w.acquire(g, never)
+		got <- n
+	}()
+	waitQueued(t, w, 1)
+	if err := w.credit(g); err != nil {
+		t.Fatal(err)
+	}
+	w.release(g)
+	select {
+	case n := <-got:
+		if n != g {
+			t.Errorf("granted %d, want %d", n, g)
+		}
+	case <-time.After(ceiling):
+		t.Fatal("a release left a writer waiting with room in the window")
+	}
+}
+
 // Writers that wait are served in the order they came, a frame each, so
 // that streams take turns; a writer that stops waiting leaves the queue,
 // and end lets every writer go.
@@ -136,14 +170,17 @@ func waitQueued(t *testing.T, w *sendWindow, n int) {
 	})
 }
 
-// The default window is twice the stream window; negative is none; the
-// range is checked.
+// The default window is half the stream window, at least the least
+// window; negative is none; the range is checked.
 func TestSessionWindowFor(t *testing.T) {
-	if got := sessionWindowFor(0, 0); got != 2*DefaultStreamWindow {
+	if got := sessionWindowFor(0, 0); got != DefaultStreamWindow/2 {
 		t.Errorf("default: %d", got)
 	}
-	if got := sessionWindowFor(0, 512<<10); got != 1<<20 {
-		t.Errorf("default with 512 KiB streams: %d", got)
+	if got := sessionWindowFor(0, 8<<20); got != 4<<20 {
+		t.Errorf("default with 8 MiB streams: %d", got)
+	}
+	if got := sessionWindowFor(0, MinStreamWindow); got != MinSessionWindow {
+		t.Errorf("default with the least stream window: %d", got)
 	}
 	if got := sessionWindowFor(-1, 0); got != 0 {
 		t.Errorf("none: %d", got)
