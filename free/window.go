@@ -186,7 +186,9 @@ func (w *sendWindow) release(g int) {
 	w.mu.Unlock()
 }
 
-// write writes b to st in grants, each a frame at most.
+// write writes b to st in grants, each a frame at most. A writer waiting
+// for a grant ends with st (its close, or its session's), not with st's
+// write deadline, which none of the gated writers sets.
 func (w *sendWindow) write(st *smux.Stream, b []byte) (int, error) {
 	sent := 0
 	for len(b) > 0 {
