@@ -26,7 +26,8 @@ import (
 // The client opens a control stream (Command Window) that announces its
 // window; the server answers with its own; from then each end writes, on
 // that stream, how many bytes it has read from the connection since the
-// session opened, whenever that has grown by an eighth of its window.
+// session opened, and its window, whenever that count has grown by an
+// eighth of its window.
 // An end whose peer announced no window (an older one refuses the
 // command) writes without a limit, as before.
 
@@ -218,14 +219,19 @@ func (w *sendWindow) start(limit uint32) {
 	w.serve()
 }
 
-// credit takes the peer's count of the bytes it has read.
-func (w *sendWindow) credit(read int64) error {
+// credit takes the peer's count of the bytes it has read, and its window
+// now (0: none).
+func (w *sendWindow) credit(read int64, window uint32) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if read < w.read {
 		return fmt.Errorf("%w: the peer's count of bytes read went back from %d to %d", ErrCredit, w.read, read)
 	}
 	w.read = read
+	w.limit = 0
+	if window > 0 {
+		w.limit = max(int64(window), MinSessionWindow)
+	}
 	w.serve()
 	return nil
 }
@@ -241,8 +247,9 @@ func (w *sendWindow) end() {
 // ErrCredit: a credit on the control stream that cannot be right.
 var ErrCredit = errors.New("free: malformed session window credit")
 
-// creditLen is a credit's length: READ, 8 bytes, big endian.
-const creditLen = 8
+// creditLen is a credit's length: READ, 8 bytes, then WINDOW, 4 bytes,
+// both big endian.
+const creditLen = 12
 
 // runWindow runs one end's side of an established control stream: it
 // applies the peer's window and credits to w, and credits what this end
@@ -259,13 +266,13 @@ func runWindow(st *smux.Stream, c *watchedConn, w *sendWindow, own, peer uint32,
 	defer credits.Wait()
 	defer st.Close() // ends a credit's write that waits on the stream's window
 	defer close(done)
-	credits.Go(func() { sendCredits(st, c, done) })
+	credits.Go(func() { sendCredits(st, c, own, done) })
 	var b [creditLen]byte
 	for {
 		if _, err := io.ReadFull(st, b[:]); err != nil {
 			return // the session's end, or a peer that ended the control
 		}
-		if err := w.credit(int64(binary.BigEndian.Uint64(b[:]))); err != nil {
+		if err := w.credit(int64(binary.BigEndian.Uint64(b[:8])), binary.BigEndian.Uint32(b[8:])); err != nil {
 			log.Warn("session window: a credit that cannot be right; writing without a session window from now on", "err", err)
 			st.Close()
 			return
@@ -273,12 +280,15 @@ func runWindow(st *smux.Stream, c *watchedConn, w *sendWindow, own, peer uint32,
 	}
 }
 
-// sendCredits writes this end's count of bytes read now, and again each
-// time it has grown by creditEvery, until done or the stream ends.
-func sendCredits(st *smux.Stream, c *watchedConn, done <-chan struct{}) {
+// sendCredits writes this end's count of bytes read now, with its window
+// (own, as announced: a later end may change its window by a credit), and
+// again each time the count has grown by creditEvery, until done or the
+// stream ends.
+func sendCredits(st *smux.Stream, c *watchedConn, own uint32, done <-chan struct{}) {
 	var b [creditLen]byte
+	binary.BigEndian.PutUint32(b[8:], own)
 	for {
-		binary.BigEndian.PutUint64(b[:], uint64(c.read.Load()))
+		binary.BigEndian.PutUint64(b[:8], uint64(c.read.Load()))
 		if _, err := st.Write(b[:]); err != nil {
 			return
 		}

@@ -55,7 +55,7 @@ func TestSendWindowLimit(t *testing.T) {
 	}
 	w.release(grantMax)
 	c.wrote.Add(grantMax)
-	if err := w.credit(grantMax); err != nil {
+	if err := w.credit(grantMax, limit); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -66,7 +66,7 @@ func TestSendWindowLimit(t *testing.T) {
 	case <-time.After(ceiling):
 		t.Fatal("a credit did not open the window")
 	}
-	if err := w.credit(grantMax - 1); !errors.Is(err, ErrCredit) {
+	if err := w.credit(grantMax-1, limit); !errors.Is(err, ErrCredit) {
 		t.Errorf("a credit that went back: %v, want ErrCredit", err)
 	}
 }
@@ -91,7 +91,7 @@ func TestSendWindowRelease(t *testing.T) {
 		got <- n
 	}()
 	waitQueued(t, w, 1)
-	if err := w.credit(g); err != nil {
+	if err := w.credit(g, 4*g); err != nil {
 		t.Fatal(err)
 	}
 	w.release(g)
@@ -102,6 +102,31 @@ func TestSendWindowRelease(t *testing.T) {
 		}
 	case <-time.After(ceiling):
 		t.Fatal("a release left a writer waiting with room in the window")
+	}
+}
+
+// A credit carries the peer's window now: a larger one lets waiting
+// writers go, 0 lifts the limit.
+func TestSendWindowResized(t *testing.T) {
+	c := countingConn(t)
+	w := newSendWindow(c)
+	never := make(chan struct{})
+	w.start(MinSessionWindow)
+	c.wrote.Store(MinSessionWindow) // full
+	got := make(chan int, 2)
+	go func() { n, _ := w.acquire(grantMax, never); got <- n }()
+	waitQueued(t, w, 1)
+	if err := w.credit(0, 2*MinSessionWindow); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-got; n != grantMax {
+		t.Errorf("granted %d after the window grew", n)
+	}
+	w.release(grantMax)
+	c.wrote.Add(10 * MinSessionWindow)
+	w.credit(0, 0)
+	if n, _ := w.acquire(grantMax, never); n != grantMax {
+		t.Errorf("granted %d with no window", n)
 	}
 }
 
@@ -137,7 +162,7 @@ func TestSendWindowTurns(t *testing.T) {
 	var seen []int
 	for range 3 {
 		c.wrote.Add(grantMax)
-		w.credit(c.wrote.Load() - MinSessionWindow + grantMax) // one frame of room
+		w.credit(c.wrote.Load()-MinSessionWindow+grantMax, MinSessionWindow) // one frame of room
 		select {
 		case i := <-order:
 			seen = append(seen, i)
