@@ -45,6 +45,10 @@ import (
 //	                   a new stream behind them 471, 798, 1468 ms (bound 845)
 //	100 ms, 50 Mbit/s: 1 echoed stream 0.98x, 1 down 0.92x; evenness 0.89;
 //	                   a new stream behind them 165 ms (bound 1103)
+//
+// It costs fast paths: on loopback one stream ran at 0.84-0.86x a bound
+// connection with 1 MiB, 0.92-0.94x with 4 MiB. The window does not size
+// itself to the path yet; the credits carry it for that.
 const (
 	MinSessionWindow = MinStreamWindow
 	MaxSessionWindow = streamsBuffered * MaxStreamWindow
