@@ -79,7 +79,7 @@ type Keeper struct {
 type clientSession struct {
 	mux      *smux.Session
 	conn     *watchedConn
-	window   *sendWindow   // what this end may send: no limit until the bridge announces one
+	window   *sendWindow   // what this end may send: its own window until the bridge announces one
 	control  atomic.Bool   // the control stream is open (one of mux's streams)
 	done     chan struct{} // closed when the session has broken or been closed
 	answered atomic.Bool   // the bridge has replied to a stream header

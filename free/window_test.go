@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xtaci/smux"
+
 	"github.com/ptcombiner/ptcombiner/internal/freetest"
 	"github.com/ptcombiner/ptcombiner/shim"
 )
@@ -413,4 +415,47 @@ func TestSessionWindowBreak(t *testing.T) {
 		}
 	}
 	r.echoAgain(echo)
+}
+
+// A credit byte by byte, as docs/free.md gives it: READ (8 bytes) and
+// WINDOW (4), big endian; after 1 MiB read with a 1 MiB window,
+// 00 00 00 00 00 10 00 00 00 10 00 00.
+func TestCreditWire(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	client, err := smux.Client(a, muxConfig(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := smux.Server(b, muxConfig(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := watch(a)
+	c.read.Store(1 << 20)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { sendCredits(st, c, 1<<20, done) })
+	defer wg.Wait()
+	defer close(done)
+	peer, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer.SetReadDeadline(time.Now().Add(ceiling))
+	got := make([]byte, creditLen)
+	if _, err := io.ReadFull(peer, got); err != nil {
+		t.Fatal(err)
+	}
+	want := []byte{0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0x10, 0, 0}
+	if !bytes.Equal(got, want) {
+		t.Errorf("credit % x, want % x", got, want)
+	}
 }
