@@ -50,7 +50,7 @@ func TestSendWindowLimit(t *testing.T) {
 		g, _ := w.acquire(100, never)
 		got <- g
 	}()
-	waitQueued(t, w, 1) // a full window: the writer waits
+	waitQueued(t, w, 1)   // a full window: the writer waits
 	c.wrote.Add(grantMax) // the first grant's frame is written,
 	w.release(grantMax)   // then released: the window is still full
 	w.mu.Lock()
